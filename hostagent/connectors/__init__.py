@@ -1,0 +1,1 @@
+"""Connectors: one engine per transport behind the same protocol."""

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hostagent",
+    version="0.1.0",
+    description="Host-side storage agent: iSCSI/FC attach, dm-multipath, health, preflight",
+    packages=find_packages(include=["hostagent", "hostagent.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "os-brick",
+        "pyroute2",
+        "pyudev",
+        "oslo.concurrency",
+        "aiohttp",
+    ],
+    extras_require={
+        "test": ["pytest", "mypy", "ruff", "rtslib-fb"],
+    },
+    entry_points={
+        "console_scripts": [
+            "hostagent = hostagent.daemon:main",
+            "hostagent-cli = hostagent.cli:main",
+        ],
+    },
+    data_files=[
+        ("share/hostagent/multipath.conf.d", ["etc/multipath.conf.d/README"]),
+    ],
+)
