@@ -1,0 +1,128 @@
+# shellcheck shell=bash
+# Shared set-up of the real-kernel test bed, sourced by scripts/test, scripts/demo
+# and scripts/bench. Every step is idempotent: a second run finds its stamp and
+# returns at once. Nothing is installed on the host kernel: the guest kernel is a
+# Debian package extracted into the cache folder and booted by virtme-ng (QEMU).
+
+REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+CACHE=${HOSTAGENT_CACHE:-$REPO/.cache}
+RESULTS=${HOSTAGENT_RESULTS:-$REPO/results}
+VENV=$CACHE/venv
+VNG_VERSION=1.42
+GUEST_CPUS=${GUEST_CPUS:-2}
+GUEST_MEM=${GUEST_MEM:-2G}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-1800}
+
+# Host packages: the initiator and multipath tools run in the guest from the
+# shared root file system, QEMU and busybox boot it, rtslib-fb comes from PyPI.
+APT_PACKAGES=(open-iscsi multipath-tools qemu-system-x86 kmod udev lsscsi sg3-utils
+              iptables iproute2 busybox-static file python3-venv)
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 2; }
+
+ensure_root() { [ "$(id -u)" = 0 ] || die "the test bed needs root (it installs Debian packages and boots a guest)"; }
+
+ensure_apt() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+python_for_venv() {
+  local py
+  for py in python3.13 python3.12 python3.11 python3 /usr/bin/python3; do
+    command -v "$py" >/dev/null 2>&1 || continue
+    "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { command -v "$py"; return; }
+  done
+  die "no Python 3.11+ with the venv module found"
+}
+
+ensure_venv() {
+  local want have
+  want=$(cat "$REPO/setup.py" "$REPO/scripts/lib/testbed.sh" | sha256sum | cut -c1-16)
+  have=$(cat "$VENV/.stamp" 2>/dev/null || true)
+  [ "$want" = "$have" ] && [ -x "$VENV/bin/python" ] && return 0
+  log "building the virtualenv in $VENV"
+  [ -x "$VENV/bin/python" ] || "$(python_for_venv)" -m venv "$VENV" || die "python -m venv failed"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" "virtme-ng==$VNG_VERSION" \
+    > "$CACHE/pip.log" 2>&1 || { tail -20 "$CACHE/pip.log"; die "pip install failed (log: $CACHE/pip.log)"; }
+  echo "$want" > "$VENV/.stamp"
+}
+
+# The versioned kernel package that linux-image-amd64 depends on, extracted (not installed).
+ensure_kernel() {
+  local kpkg
+  if [ -s "$CACHE/kernel/version" ]; then
+    KVER=$(cat "$CACHE/kernel/version")
+  else
+    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    if [ -z "$kpkg" ]; then apt-get update -q >/dev/null
+      kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); fi
+    [ -n "$kpkg" ] || die "apt-cache cannot resolve linux-image-amd64"
+    KVER=${kpkg#linux-image-}
+  fi
+  KROOT=$CACHE/kernel/root
+  VMLINUZ=$KROOT/boot/vmlinuz-$KVER
+  if [ ! -e "$VMLINUZ" ] || [ ! -e "$KROOT/lib/modules/$KVER/kernel/drivers/scsi/iscsi_tcp.ko" ]; then
+    log "downloading and extracting linux-image-$KVER into $CACHE/kernel"
+    rm -rf "$CACHE/kernel"; mkdir -p "$CACHE/kernel"
+    (cd "$CACHE/kernel" && apt-get download -q "linux-image-$KVER" >/dev/null 2>&1) || die "apt-get download linux-image-$KVER failed"
+    dpkg -x "$CACHE"/kernel/linux-image-"$KVER"_*.deb "$KROOT" || die "dpkg -x failed"
+    rm -f "$CACHE"/kernel/*.deb
+    echo "$KVER" > "$CACHE/kernel/version"
+  fi
+}
+
+# KVM only where a probe shows the stock kernel really boots with it (on these
+# machines -enable-kvm hangs after the BIOS); the answer is cached per kernel.
+pick_accel() {
+  local stamp=$CACHE/accel-$KVER
+  if [ ! -s "$stamp" ]; then
+    echo tcg > "$stamp.new"
+    if [ -w /dev/kvm ] && command -v qemu-system-x86_64 >/dev/null; then
+      log "probing KVM (25 s at most)"
+      timeout 25 qemu-system-x86_64 -enable-kvm -cpu host -m 512 -nographic -no-reboot -kernel "$VMLINUZ" \
+        -append 'console=ttyS0 panic=-1' > "$CACHE/kvm-probe.log" 2>&1 </dev/null
+      grep -q 'Linux version' "$CACHE/kvm-probe.log" && echo kvm > "$stamp.new"
+    fi
+    mv "$stamp.new" "$stamp"
+  fi
+  ACCEL=$(cat "$stamp")
+  if [ "$ACCEL" = kvm ]; then VNG_ACCEL=(); else VNG_ACCEL=(--disable-kvm); fi
+}
+
+setup_testbed() {
+  ensure_root
+  mkdir -p "$CACHE" "$RESULTS"
+  ensure_apt
+  ensure_venv
+  export PATH=$VENV/bin:$PATH    # vng calls virtme-run through PATH
+}
+
+setup_guest() {
+  ensure_kernel
+  pick_accel
+}
+
+# run_in_guest NAME CMD...: boot ONE guest that shares this root file system and
+# runs CMD (a path under the repo) with RESULTS writable; returns CMD's status.
+run_in_guest() {
+  local name=$1; shift
+  local rcfile=$RESULTS/$name.rc cmd
+  rm -f "$rcfile"
+  printf -v cmd '%q ' "$@"
+  log "booting the guest ($KVER, $ACCEL, $GUEST_CPUS cpus, $GUEST_MEM) for: $*"
+  timeout "$GUEST_TIMEOUT" vng --run "$VMLINUZ" "${VNG_ACCEL[@]}" --cpus "$GUEST_CPUS" --memory "$GUEST_MEM" \
+    --rwdir="$RESULTS" \
+    --exec "cd $REPO && env PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTAGENT_RESULTS=$RESULTS $cmd; echo \$? > $rcfile" \
+    </dev/null 2>&1 | tee "$RESULTS/$name-console.log"
+  [ -s "$rcfile" ] || { echo "error: the guest ended without a status (see $RESULTS/$name-console.log)" >&2; return 99; }
+  return "$(cat "$rcfile")"
+}
