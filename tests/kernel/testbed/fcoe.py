@@ -67,6 +67,18 @@ def rport(host: str, wwpn: str) -> Path | None:
     return None
 
 
+def fc_state() -> str:
+    """fc_hosts, remote ports and the kernel's last FC words, for failure messages."""
+    lines = []
+    for obj, attrs in ((FC_HOST, ("port_name", "port_state", "symbolic_name")),
+                       (FC_RPORTS, ("port_name", "roles", "port_state", "scsi_target_id"))):
+        for node in sorted(obj.glob("*")):
+            lines.append(f"{node.name}: " + " ".join(f"{a}={_read(node / a)}" for a in attrs))
+    dmesg = run(["dmesg"], ok=(0, 1)).stdout.splitlines()
+    lines += [line for line in dmesg if "fc" in line.lower() or "host" in line][-15:]
+    return "\n".join(lines)
+
+
 class FcFabric:
     """Links and tcm_fc target ports, built once per test session."""
 
@@ -92,9 +104,13 @@ class FcFabric:
             target = Target(fabric, "naa." + link.target_wwpn, mode="create")
             tpg = TPG(target, 1, mode="create")
             NodeACL(tpg, "naa." + link.initiator_wwpn, mode="create")
-        for ctlr in FCOE_BUS.glob("devices/ctlr_*"):
-            write(ctlr / "mode", "vn2vn")
-            write(ctlr / "enabled", "1")
+        # Target ends first, as in TESTBED.md: the initiator's first PRLI must
+        # find an FCP target already listening.
+        ctlrs = {ctlr.resolve().parent.name: ctlr for ctlr in FCOE_BUS.glob("devices/ctlr_*")}
+        for ifname in [link.target_if for link in self.links] + \
+                [link.initiator_if for link in self.links]:
+            write(ctlrs[ifname] / "mode", "vn2vn")
+            write(ctlrs[ifname] / "enabled", "1")
         for link in self.links:
             self.wait_online(link)
 
@@ -106,8 +122,11 @@ class FcFabric:
                     _read(port / "port_state") == "Online":
                 return port
             return None
-        return wait_until(ready, timeout=timeout,
-                          what=f"FC target {link.target_wwpn} Online on {link.initiator_if}")
+        try:
+            return wait_until(ready, timeout=timeout,
+                              what=f"FC target {link.target_wwpn} Online on {link.initiator_if}")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{fc_state()}") from None
 
     def initiator_host(self, link: FcLink) -> str:
         host = fc_host_of(link.initiator_wwpn)

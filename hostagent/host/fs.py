@@ -1,0 +1,93 @@
+"""HostFS: the one way to /sys, /dev and /etc.
+
+Every host path in hostagent is written as the real absolute path ("/sys/...")
+and resolved under `root`, which is "/" in production and a tree under tmp_path
+in tests (built with relative symlinks, the way the kernel lays out sysfs).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+BLKFLSBUF = 0x1261  # linux/fs.h: flush a block device's buffer cache
+
+SYS = "/sys"
+DEV = "/dev"
+ETC = "/etc"
+
+
+class HostFS:
+    def __init__(self, root: str | Path = "/") -> None:
+        self.root = Path(root)
+
+    def path(self, host_path: str) -> Path:
+        if not host_path.startswith("/"):
+            raise ValueError(f"host paths are absolute: {host_path!r}")
+        return self.root / host_path.lstrip("/")
+
+    def host_path(self, path: Path) -> str:
+        """The host-absolute form of a path under root."""
+        return "/" + str(path.relative_to(self.root)) if path != self.root else "/"
+
+    def exists(self, host_path: str) -> bool:
+        return self.path(host_path).exists()
+
+    def read(self, host_path: str) -> str:
+        return self.path(host_path).read_text().strip()
+
+    def try_read(self, host_path: str) -> str | None:
+        """The stripped content, or None when the file is absent or unreadable
+        (sysfs attributes of a device that is going away)."""
+        try:
+            return self.read(host_path)
+        except OSError:
+            return None
+
+    def write(self, host_path: str, value: str) -> None:
+        # sysfs attributes want a single write() of the whole value.
+        with self.path(host_path).open("w") as f:
+            f.write(value)
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except OSError:
+            return []
+
+    def glob(self, host_pattern: str) -> Iterator[str]:
+        base = self.path("/")
+        for match in sorted(base.glob(host_pattern.lstrip("/"))):
+            yield self.host_path(match)
+
+    def realpath(self, host_path: str) -> str:
+        return self.host_path(self.path(host_path).resolve())
+
+    def unlink(self, host_path: str) -> None:
+        self.path(host_path).unlink(missing_ok=True)
+
+    def update_locked(self, host_path: str, edit: Callable[[str], str]) -> None:
+        """Rewrite a shared text file under the same fcntl lock multipath-tools takes."""
+        path = self.path(host_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            f.seek(0)
+            old = f.read()
+            new = edit(old)
+            if new != old:
+                f.seek(0)
+                f.truncate()
+                f.write(new)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def flush_buffers(self, dev_path: str) -> None:
+        """BLKFLSBUF on a block device: what `blockdev --flushbufs` does, in-process."""
+        fd = os.open(self.path(dev_path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, BLKFLSBUF, 0)
+        finally:
+            os.close(fd)

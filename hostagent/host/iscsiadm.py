@@ -1,0 +1,235 @@
+"""open-iscsi's iscsiadm: exit codes, pure parsers, and the calls hostagent makes.
+
+hostagent keeps its node records under its own iface ("hostagent") so that its
+sessions are told apart from anyone else's (sysfs iscsi_session/ifacename), and
+writes CHAP secrets straight into the root-only record files rather than on an
+iscsiadm command line, where `ps` would show them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+
+from hostagent.errors import (
+    AuthenticationFailed,
+    CommandFailed,
+    DaemonUnavailable,
+    HostCommandError,
+    LoginFailed,
+)
+from hostagent.host.executor import Executor
+from hostagent.host.fs import HostFS
+from hostagent.models import Chap, Portal
+
+ISCSIADM = "iscsiadm"
+ETC_ISCSI = "/etc/iscsi"
+
+
+class IscsiErr(IntEnum):
+    """Exit codes of iscsiadm (open-iscsi include/iscsi_err.h)."""
+
+    SUCCESS = 0
+    GENERIC = 1
+    SESS_NOT_FOUND = 2
+    NOMEM = 3
+    TRANS = 4
+    LOGIN = 5
+    IDBM = 6
+    INVAL = 7
+    TRANS_TIMEOUT = 8
+    INTERNAL = 9
+    LOGOUT = 10
+    PDU_TIMEOUT = 11
+    TRANS_NOT_FOUND = 12
+    ACCESS = 13
+    TRANS_CAPS = 14
+    SESS_EXISTS = 15
+    INVALID_MGMT_REQ = 16
+    ISNS_UNAVAILABLE = 17
+    ISCSID_COMM_ERR = 18
+    FATAL_LOGIN = 19
+    ISCSID_NOTCONN = 20
+    NO_OBJS_FOUND = 21
+    SYSFS_LOOKUP = 22
+    HOST_NOT_FOUND = 23
+    LOGIN_AUTH_FAILED = 24
+    ISNS_QUERY = 25
+    ISNS_REG_FAILED = 26
+    OP_NOT_SUPP = 27
+    BUSY = 28
+    AGAIN = 29
+    UNKNOWN_DISCOVERY_TYPE = 30
+    CHILD_TERMINATED = 31
+    SESSION_NOT_CONNECTED = 32
+
+
+@dataclass(frozen=True)
+class DiscoveredTarget:
+    portal: Portal
+    tpgt: int
+    iqn: str
+
+
+_DISCOVERY_LINE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\s,\[\]]+)):(?P<port>\d+),"
+                             r"(?P<tpgt>-?\d+)\s+(?P<iqn>\S+)$")
+
+
+def parse_discovery(out: str) -> list[DiscoveredTarget]:
+    """Parse SendTargets output lines: 'ip:port,tpgt iqn' ('[v6]:port,tpgt iqn')."""
+    found = []
+    for line in out.splitlines():
+        m = _DISCOVERY_LINE.match(line.strip())
+        if m:
+            host = m["v6"] or m["host"]
+            found.append(DiscoveredTarget(Portal(host, int(m["port"])), int(m["tpgt"]), m["iqn"]))
+    return found
+
+
+def edit_record(text: str, settings: Mapping[str, str]) -> str:
+    """Set `name = value` lines in an iscsiadm record file, keeping the others."""
+    lines = []
+    for line in text.splitlines():
+        name = line.split("=", 1)[0].strip()
+        if name not in settings:
+            lines.append(line)
+    lines += [f"{name} = {value}" for name, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def chap_settings(chap: Chap | None, prefix: str) -> dict[str, str]:
+    """CHAP lines for a node (prefix node.session.auth) or discovery record."""
+    if chap is None:
+        return {f"{prefix}.authmethod": "None"}
+    settings = {f"{prefix}.authmethod": "CHAP", f"{prefix}.username": chap.username,
+                f"{prefix}.password": chap.password}
+    if chap.username_in and chap.password_in:
+        settings[f"{prefix}.username_in"] = chap.username_in
+        settings[f"{prefix}.password_in"] = chap.password_in
+    return settings
+
+
+def record_portal(portal: Portal) -> str:
+    """A portal as iscsiadm names record directories: 'host,port'."""
+    return f"{portal.host},{portal.port}"
+
+
+class Iscsiadm:
+    def __init__(self, executor: Executor, fs: HostFS, *, iface: str = "hostagent",
+                 timeout: float = 30.0) -> None:
+        self.executor = executor
+        self.fs = fs
+        self.iface = iface
+        self.timeout = timeout
+        self.node_db = self._node_db()
+        self._iface_ready = False
+
+    def _node_db(self) -> str:
+        # Debian/Ubuntu keep the node db in /etc/iscsi, RHEL in /var/lib/iscsi.
+        for candidate in (f"{ETC_ISCSI}/nodes", "/var/lib/iscsi/nodes"):
+            if self.fs.exists(candidate):
+                return candidate
+        return f"{ETC_ISCSI}/nodes"
+
+    async def ensure_iface(self) -> None:
+        if self._iface_ready or self.fs.exists(f"{ETC_ISCSI}/ifaces/{self.iface}"):
+            self._iface_ready = True
+            return
+        await self._run(["-m", "iface", "-I", self.iface, "-o", "new"],
+                        ok=(IscsiErr.SUCCESS, IscsiErr.SESS_EXISTS))
+        self._iface_ready = True
+
+    async def discover(self, portal: Portal, chap: Chap | None) -> list[DiscoveredTarget]:
+        """SendTargets without creating records: hostagent makes only the ones it needs."""
+        base = ["-m", "discoverydb", "-t", "st", "-p", str(portal), "-I", self.iface]
+        if chap is None:
+            out = await self._run(["-m", "discovery", "-t", "st", "-p", str(portal),
+                                   "-I", self.iface, "-o", "nonpersistent"])
+            return parse_discovery(out)
+        await self._run([*base, "-o", "new"])
+        try:
+            self._edit(self._discovery_record(portal),
+                       chap_settings(chap, "discovery.sendtargets.auth"))
+            out = await self._run([*base, "--discover", "-o", "nonpersistent"])
+        finally:
+            await self._run([*base, "-o", "delete"],
+                            ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+        return parse_discovery(out)
+
+    async def create_node(self, iqn: str, portal: Portal, settings: Mapping[str, str]) -> None:
+        """A node record under our iface, with `settings` (secrets included) written in."""
+        await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
+                         "-o", "new"])
+        self._edit(self.node_record(iqn, portal), settings)
+
+    def node_record(self, iqn: str, portal: Portal) -> str:
+        """The record file: '<ip>,<port>' when the TPGT is unknown (static records),
+        else '<ip>,<port>,<tpgt>/<iface>'."""
+        flat = f"{self.node_db}/{iqn}/{record_portal(portal)}"
+        if self.fs.path(flat).is_file():
+            return flat
+        for match in self.fs.glob(f"{flat},*/{self.iface}"):
+            return match
+        raise HostCommandError(f"no node record for {iqn} at {portal}", iqn=iqn,
+                               portal=str(portal))
+
+    def has_node(self, iqn: str, portal: Portal) -> bool:
+        try:
+            self.node_record(iqn, portal)
+        except HostCommandError:
+            return False
+        return True
+
+    async def login(self, iqn: str, portal: Portal, *, mutual_chap: bool, timeout: float) -> None:
+        try:
+            await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
+                             "--login"], ok=(IscsiErr.SUCCESS, IscsiErr.SESS_EXISTS),
+                            timeout=timeout)
+        except CommandFailed as err:
+            raise _login_error(err, iqn, portal, mutual_chap) from err
+
+    async def logout(self, iqn: str, portal: Portal) -> None:
+        await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
+                         "--logout"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+
+    async def delete_node(self, iqn: str, portal: Portal) -> None:
+        await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
+                         "-o", "delete"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+
+    def _discovery_record(self, portal: Portal) -> str:
+        for match in self.fs.glob(f"{ETC_ISCSI}/send_targets/{record_portal(portal)}/st_config"):
+            return match
+        raise HostCommandError(f"no discovery record for {portal}", portal=str(portal))
+
+    def _edit(self, record: str, settings: Mapping[str, str]) -> None:
+        self.fs.update_locked(record, lambda text: edit_record(text, settings))
+
+    async def _run(self, args: list[str], *, ok: tuple[int, ...] = (IscsiErr.SUCCESS,),
+                   timeout: float | None = None) -> str:
+        try:
+            result = await self.executor.run([ISCSIADM, *args], ok_codes=ok,
+                                             timeout=timeout or self.timeout)
+        except CommandFailed as err:
+            if err.returncode in (IscsiErr.ISCSID_NOTCONN, IscsiErr.ISCSID_COMM_ERR):
+                raise DaemonUnavailable("iscsid is not running or does not answer",
+                                        returncode=err.returncode) from err
+            raise
+        return result.stdout
+
+
+def _login_error(err: CommandFailed, iqn: str, portal: Portal, mutual: bool) -> Exception:
+    rc = err.returncode
+    where = {"iqn": iqn, "portal": str(portal), "returncode": rc}
+    if rc == IscsiErr.LOGIN_AUTH_FAILED:
+        return AuthenticationFailed(f"{portal} refused our CHAP credentials for {iqn}", **where)
+    if rc == IscsiErr.FATAL_LOGIN and mutual:
+        # A target that fails to prove itself under mutual CHAP shows up as 19, not 24.
+        return AuthenticationFailed(
+            f"{portal}: non-retryable login failure for {iqn}; with mutual CHAP this is "
+            "what a wrong target secret (auth_password_in) gives", **where)
+    if rc in (IscsiErr.ISCSID_NOTCONN, IscsiErr.ISCSID_COMM_ERR):
+        return DaemonUnavailable("iscsid is not running or does not answer", **where)
+    name = IscsiErr(rc).name if rc in set(IscsiErr) else str(rc)
+    return LoginFailed(f"login to {iqn} at {portal} failed: {name}", **where)

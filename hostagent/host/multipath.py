@@ -1,0 +1,144 @@
+"""dm-multipath without spawning processes: multipathd's socket and the wwids file.
+
+multipathd answers the same commands `multipathd <cmd>` sends, over its abstract
+Unix socket (libmpathcmd: a native size_t length, then the NUL-terminated
+command; the reply is framed the same way and reads "ok", "fail" or the data).
+The wwids file is edited under the same fcntl lock multipath-tools takes, so
+`multipath -a` and `multipath -w` need no process either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hostagent.errors import DaemonUnavailable, DeviceBusy, HostCommandError
+from hostagent.host.fs import HostFS
+
+MULTIPATHD_SOCKET = "\0/org/kernel/linux/storage/multipathd"
+WWIDS_FILE = "/etc/multipath/wwids"
+_LEN = struct.Struct("N")  # size_t, native: what libmpathcmd writes
+_MAX_REPLY = 32 * 1024 * 1024  # libmpathcmd's MAX_REPLY_LEN
+WWIDS_HEADER = (
+    "# Multipath wwids, Version : 1.0\n"
+    "# NOTE: This file is automatically maintained by multipath and multipathd.\n"
+    "# You should not need to edit this file in normal circumstances.\n"
+    "#\n# Valid WWIDs:\n"
+)
+
+
+class MultipathdClient(Protocol):
+    async def command(self, cmd: str, *, timeout: float) -> str: ...
+
+
+class SocketClient:
+    """One connection per command, as the multipathd CLI does."""
+
+    def __init__(self, path: str = MULTIPATHD_SOCKET) -> None:
+        self.path = path
+        self.calls = 0
+
+    async def command(self, cmd: str, *, timeout: float) -> str:
+        self.calls += 1
+        try:
+            return await asyncio.wait_for(self._exchange(cmd), timeout)
+        except TimeoutError as err:
+            raise DaemonUnavailable(f"multipathd did not answer {cmd!r} within {timeout:g} s",
+                                    command=cmd) from err
+        except OSError as err:
+            raise DaemonUnavailable(f"multipathd is not running or refuses us: {err}",
+                                    command=cmd) from err
+
+    async def _exchange(self, cmd: str) -> str:
+        reader, writer = await asyncio.open_unix_connection(self.path)
+        try:
+            data = cmd.encode() + b"\0"
+            writer.write(_LEN.pack(len(data)) + data)
+            await writer.drain()
+            (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+            if length > _MAX_REPLY:
+                raise HostCommandError(f"multipathd reply of {length} bytes", command=cmd)
+            return (await reader.readexactly(length)).rstrip(b"\0").decode(errors="replace")
+        finally:
+            writer.close()
+
+
+@dataclass(frozen=True)
+class MapPath:
+    device: str
+    dm_state: str  # active / failed
+    checker: str  # ready / faulty / ghost / ...
+
+
+def parse_maps_json(text: str) -> dict[str, list[MapPath]]:
+    """`show maps json` -> paths of each map, by WWID (the map's uuid)."""
+    doc: dict[str, Any] = json.loads(text)
+    result: dict[str, list[MapPath]] = {}
+    for m in doc.get("maps", []):
+        paths = [MapPath(p["dev"], p.get("dm_st", ""), p.get("chk_st", ""))
+                 for group in m.get("path_groups", []) for p in group.get("paths", [])]
+        result[m["uuid"]] = paths
+    return result
+
+
+def add_wwid_line(text: str, wwid: str) -> str:
+    line = f"/{wwid}/"
+    if line in text.splitlines():
+        return text
+    base = text if text else WWIDS_HEADER
+    return base + ("" if base.endswith("\n") else "\n") + line + "\n"
+
+
+def remove_wwid_line(text: str, wwid: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if line.strip() != f"/{wwid}/")
+
+
+class Multipath:
+    def __init__(self, client: MultipathdClient, fs: HostFS, *, timeout: float = 30.0) -> None:
+        self.client = client
+        self.fs = fs
+        self.timeout = timeout
+
+    async def _ok(self, cmd: str) -> None:
+        reply = await self.client.command(cmd, timeout=self.timeout)
+        if reply.strip() != "ok":
+            raise HostCommandError(f"multipathd {cmd}: {reply.strip() or 'no reply'}",
+                                   command=cmd, reply=reply.strip())
+
+    def remember_wwid(self, wwid: str) -> None:
+        """What `multipath -a` does: any find_multipaths policy then takes the device."""
+        self.fs.update_locked(WWIDS_FILE, lambda text: add_wwid_line(text, wwid))
+
+    def forget_wwid(self, wwid: str) -> None:
+        """What `multipath -w` does."""
+        if self.fs.exists(WWIDS_FILE):
+            self.fs.update_locked(WWIDS_FILE, lambda text: remove_wwid_line(text, wwid))
+
+    async def add_path(self, device: str) -> None:
+        await self._ok(f"add path {device}")
+
+    async def remove_map(self, wwid: str) -> None:
+        """Stop queueing (a dead map must not hang the removal), then remove the map."""
+        await self.client.command(f"disablequeueing map {wwid}", timeout=self.timeout)
+        reply = await self.client.command(f"del map {wwid}", timeout=self.timeout)
+        if reply.strip() != "ok" and self.map_device(wwid) is not None:
+            raise DeviceBusy(f"multipathd could not remove map {wwid} (in use?)", wwid=wwid)
+
+    async def resize(self, wwid: str) -> None:
+        await self._ok(f"resize map {wwid}")
+
+    async def paths(self) -> dict[str, list[MapPath]]:
+        return parse_maps_json(await self.client.command("show maps json",
+                                                         timeout=self.timeout))
+
+    def map_device(self, wwid: str) -> str | None:
+        """dm-N of the multipath map for `wwid`, from sysfs."""
+        for name in self.fs.listdir("/sys/block"):
+            if name.startswith("dm-") and \
+                    self.fs.try_read(f"/sys/block/{name}/dm/uuid") == f"mpath-{wwid}":
+                return name
+        return None

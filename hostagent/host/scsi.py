@@ -1,0 +1,102 @@
+"""SCSI and iSCSI state in sysfs: sessions -> hosts -> H:C:T:L -> sd, scan, delete.
+
+Layout (Linux 6.1, seen in the guest):
+  /sys/class/iscsi_session/sessionN -> /sys/devices/platform/hostH/sessionN/iscsi_session/sessionN
+    targetname, tpgt, ifacename, state, target_id
+  /sys/class/iscsi_connection/connectionN:0/persistent_address, persistent_port
+  /sys/class/scsi_host/hostH/scan        write "C T L" (synchronous scan of that LUN)
+  /sys/class/scsi_device/H:C:T:L/device/{block/sdX, state, delete, rescan, wwid}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hostagent.host.fs import HostFS
+from hostagent.models import Portal
+
+_SESSION_HOST = re.compile(r"/host(\d+)/session(\d+)/iscsi_session/")
+
+
+@dataclass(frozen=True)
+class IscsiSession:
+    sid: int
+    host: int  # the SCSI host number the session created
+    iqn: str
+    portal: Portal
+    iface: str
+    state: str  # LOGGED_IN, FAILED, FREE
+    target_id: int
+
+
+def iscsi_sessions(fs: HostFS) -> list[IscsiSession]:
+    sessions = []
+    for name in fs.listdir("/sys/class/iscsi_session"):
+        base = f"/sys/class/iscsi_session/{name}"
+        m = _SESSION_HOST.search(fs.realpath(base) + "/")
+        iqn = fs.try_read(f"{base}/targetname")
+        conn = f"/sys/class/iscsi_connection/connection{name[7:]}:0"
+        address = fs.try_read(f"{conn}/persistent_address")
+        port = fs.try_read(f"{conn}/persistent_port")
+        if not (m and iqn and address and port):
+            continue  # a session being torn down
+        sessions.append(IscsiSession(
+            sid=int(m[2]), host=int(m[1]), iqn=iqn, portal=Portal(address, int(port)),
+            iface=fs.try_read(f"{base}/ifacename") or "default",
+            state=fs.try_read(f"{base}/state") or "UNKNOWN",
+            target_id=int(fs.try_read(f"{base}/target_id") or 0)))
+    return sessions
+
+
+def scan_lun(fs: HostFS, host: int, channel: int, target_id: int, lun: int) -> None:
+    """Scan exactly one LUN: never the '- - -' wildcard that probes the whole bus."""
+    fs.write(f"/sys/class/scsi_host/host{host}/scan", f"{channel} {target_id} {lun}")
+
+
+def devices_on_host(fs: HostFS, host: int) -> list[str]:
+    """H:C:T:L of every SCSI device on a host."""
+    return [d for d in fs.listdir("/sys/class/scsi_device") if d.split(":")[0] == str(host)]
+
+
+def disk_of(fs: HostFS, hctl: str) -> str | None:
+    """The sd block device of a SCSI device, once the sd driver has bound it."""
+    blocks = fs.listdir(f"/sys/class/scsi_device/{hctl}/device/block")
+    return blocks[0] if blocks else None
+
+
+def device_state(fs: HostFS, hctl: str) -> str | None:
+    return fs.try_read(f"/sys/class/scsi_device/{hctl}/device/state")
+
+
+def wwid(fs: HostFS, hctl: str) -> str | None:
+    """The WWID multipath derives (scsi_id's ID_SERIAL) from VPD page 0x83.
+
+    sysfs gives the best designator as 'naa.<hex>' or 'eui.<hex>'; udev's
+    scsi_id prefixes the designator type: 3 for NAA, 2 for EUI-64.
+    """
+    raw = fs.try_read(f"/sys/class/scsi_device/{hctl}/device/wwid")
+    if raw is None:
+        return None
+    kind, _, value = raw.partition(".")
+    prefix = {"naa": "3", "eui": "2"}.get(kind)
+    return prefix + value.lower() if prefix and value else None
+
+
+def delete_device(fs: HostFS, hctl: str) -> None:
+    path = f"/sys/class/scsi_device/{hctl}/device/delete"
+    if fs.exists(path):
+        fs.write(path, "1")
+
+
+def rescan_device(fs: HostFS, hctl: str) -> None:
+    fs.write(f"/sys/class/scsi_device/{hctl}/device/rescan", "1")
+
+
+def holders(fs: HostFS, block: str) -> list[str]:
+    return fs.listdir(f"/sys/class/block/{block}/holders")
+
+
+def size_bytes(fs: HostFS, block: str) -> int:
+    sectors = fs.try_read(f"/sys/class/block/{block}/size")
+    return int(sectors) * 512 if sectors else 0

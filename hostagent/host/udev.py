@@ -1,0 +1,89 @@
+"""Waiting for devices by udev event, never by sleep-polling.
+
+A waiter states what it waits for as a `check` that reads the truth (sysfs, the
+udev database) and returns a value once satisfied. udev events only wake the
+waiters so their checks run again; the check is evaluated once before waiting,
+so a device that is already there costs no wait at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from hostagent.errors import DeviceTimeout
+from hostagent.host.fs import HostFS
+
+T = TypeVar("T")
+log = logging.getLogger("hostagent.host")
+
+UDEV_DB = "/run/udev/data"
+# The netlink socket can drop events under a burst (ENOBUFS); a slow recheck
+# keeps a lost event from turning into a full timeout.
+RECHECK_INTERVAL = 2.0
+
+
+class Udev(Protocol):
+    async def wait(self, check: Callable[[], T | None], *, timeout: float, what: str) -> T: ...
+
+
+def block_initialized(fs: HostFS, name: str) -> bool:
+    """udev has processed block device `name` (its database entry exists)."""
+    dev = fs.try_read(f"/sys/class/block/{name}/dev")
+    return dev is not None and fs.exists(f"{UDEV_DB}/b{dev}")
+
+
+class PyudevWatcher:
+    """Udev over pyudev's netlink monitor, integrated with the asyncio loop."""
+
+    def __init__(self, subsystems: tuple[str, ...] = ("block", "scsi")) -> None:
+        self._subsystems = subsystems
+        self._monitor: Any = None
+        self._waiters: set[asyncio.Event] = set()
+
+    def _start(self) -> None:
+        import pyudev
+
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
+        for subsystem in self._subsystems:
+            monitor.filter_by(subsystem)
+        monitor.start()
+        asyncio.get_running_loop().add_reader(monitor.fileno(), self._drain)
+        self._monitor = monitor
+
+    def _drain(self) -> None:
+        while self._monitor.poll(timeout=0) is not None:
+            pass
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def wait(self, check: Callable[[], T | None], *, timeout: float, what: str) -> T:
+        if self._monitor is None:
+            self._start()
+        wake = asyncio.Event()
+        self._waiters.add(wake)  # subscribed before the first check: no event is missed
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                value = check()
+                if value:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeviceTimeout(f"timed out after {timeout:g} s waiting for {what}",
+                                        waited_for=what, timeout=timeout)
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(remaining, RECHECK_INTERVAL))
+        finally:
+            self._waiters.discard(wake)
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._monitor.fileno())
+            self._monitor = None

@@ -1,0 +1,95 @@
+"""Typed values passed between the layers (frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Portal:
+    host: str  # an IPv4/IPv6 address or a DNS name, without brackets
+    port: int = 3260
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Chap:
+    username: str
+    password: str = field(repr=False)
+    # Mutual CHAP: the target's credentials, which the initiator checks.
+    username_in: str | None = None
+    password_in: str | None = field(default=None, repr=False)
+
+    @property
+    def mutual(self) -> bool:
+        return self.username_in is not None
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.password, self.password_in) if s)
+
+
+@dataclass(frozen=True)
+class IscsiTarget:
+    portal: Portal
+    iqn: str
+    lun: int
+
+
+@dataclass(frozen=True)
+class IscsiVolume:
+    """An iSCSI volume as the controller exported it.
+
+    `discover` is set when only a singular portal was given with
+    target_discovered: the other portals come from SendTargets on `targets[0]`.
+    """
+
+    targets: tuple[IscsiTarget, ...]
+    discover: bool = False
+    chap: Chap | None = None
+    discovery_chap: Chap | None = None
+    volume_id: str | None = None
+    expected_wwn: str | None = None
+
+    @property
+    def iqns(self) -> frozenset[str]:
+        return frozenset(t.iqn for t in self.targets)
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for c in (self.chap, self.discovery_chap) if c for s in c.secrets())
+
+
+@dataclass(frozen=True)
+class FcVolume:
+    target_wwpns: tuple[str, ...]  # 16 lowercase hex digits each
+    lun: int
+    initiator_target_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    volume_id: str | None = None
+    expected_wwn: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        return ()
+
+
+VolumeSpec = IscsiVolume | FcVolume
+
+
+@dataclass(frozen=True)
+class PathInfo:
+    device: str  # sdX
+    hctl: str  # H:C:T:L
+    portal: str | None = None  # iSCSI: ip:port
+    target: str | None = None  # iSCSI IQN or FC target WWPN
+
+
+@dataclass(frozen=True)
+class Device:
+    """What an attach produced: one block device (a dm map, or an sd without multipath)."""
+
+    path: str  # /dev/dm-N or /dev/sdX
+    wwn: str  # the WWID multipath uses (3 + NAA designator, ...)
+    paths: tuple[PathInfo, ...]
+    multipath: bool
+    missing: tuple[str, ...] = ()  # portals or targets that gave no path, with the reason
+    size_bytes: int = 0

@@ -1,0 +1,138 @@
+"""Test doubles for the host seams.
+
+FakeExecutor follows Kubernetes' FakeExec: a test scripts the commands it
+expects and their replies; any other command fails the test loudly, and
+assert_done() fails when a scripted command never ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from hostagent.errors import CommandFailed, CommandTimeout
+from hostagent.host.executor import CommandResult, check_args, redact
+
+
+@dataclass(frozen=True)
+class FakeCall:
+    """One run() call as the code under test made it. argv is raw, not
+    redacted, so a test can assert that a secret never reached argv."""
+
+    argv: tuple[str, ...]
+    secrets: tuple[str, ...]
+    input: str | None
+    timeout: float
+    ok_codes: tuple[int, ...]
+
+
+@dataclass
+class _Script:
+    argv: tuple[str, ...]
+    exact: bool
+    returncode: int
+    stdout: str
+    stderr: str
+    times: int
+    delay: float
+    timeout: bool
+    side_effect: Callable[[], None] | None
+
+    def matches(self, argv: tuple[str, ...]) -> bool:
+        if self.exact:
+            return argv == self.argv
+        return argv[: len(self.argv)] == self.argv
+
+    def __str__(self) -> str:
+        how = "exact" if self.exact else "prefix"
+        return f"{self.argv} ({how}, {self.times} left)"
+
+
+class FakeExecutor:
+    """An Executor that replays scripted replies; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.calls: list[FakeCall] = []
+        self.unexpected: list[tuple[str, ...]] = []
+        self._scripts: list[_Script] = []
+
+    def expect(
+        self,
+        argv_prefix_or_exact: Sequence[str],
+        *,
+        returncode: int = 0,
+        stdout: str = "",
+        stderr: str = "",
+        exact: bool = True,
+        times: int = 1,
+        delay: float = 0.0,
+        timeout: bool = False,
+        side_effect: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue a reply for the next matching command.
+
+        `timeout=True`, or a `delay` longer than the call's timeout, makes the
+        command raise CommandTimeout. `side_effect` runs when the command is
+        consumed (after `delay`), e.g. to create the sysfs entries the real
+        command would; an exception it raises propagates from run().
+        """
+        if isinstance(argv_prefix_or_exact, str):
+            raise TypeError("expect() takes an argv list, not a string")
+        if times < 1:
+            raise ValueError(f"times must be at least 1, got {times}")
+        self._scripts.append(_Script(
+            tuple(argv_prefix_or_exact), exact, returncode, stdout, stderr, times, delay,
+            timeout, side_effect,
+        ))
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        ok_codes: Collection[int] = (0,),
+        timeout: float,
+        secrets: Collection[str] = (),
+        input: str | None = None,
+    ) -> CommandResult:
+        raw = check_args(argv, timeout, secrets)
+        self.calls.append(FakeCall(raw, tuple(secrets), input, timeout, tuple(ok_codes)))
+        script = self._take(raw)
+        if script is None:
+            self.unexpected.append(raw)
+            pending = "".join(f"\n  {s}" for s in self._scripts) or " none"
+            raise AssertionError(f"unexpected command: {raw}\nstill expected:{pending}")
+        timed_out = script.timeout or script.delay > timeout
+        if script.delay:
+            await asyncio.sleep(min(script.delay, timeout))
+        if script.side_effect is not None:
+            script.side_effect()
+        shown = [redact(arg, secrets) for arg in raw]
+        if timed_out:
+            raise CommandTimeout(shown, timeout)
+        stderr = redact(script.stderr, secrets)
+        if script.returncode not in ok_codes:
+            raise CommandFailed(shown, script.returncode, stderr)
+        return CommandResult(
+            tuple(shown), script.returncode, redact(script.stdout, secrets), stderr,
+            min(script.delay, timeout),
+        )
+
+    def _take(self, argv: tuple[str, ...]) -> _Script | None:
+        for script in self._scripts:
+            if script.matches(argv):
+                script.times -= 1
+                if script.times == 0:
+                    self._scripts.remove(script)
+                return script
+        return None
+
+    def commands(self) -> list[tuple[str, ...]]:
+        return [call.argv for call in self.calls]
+
+    def assert_done(self) -> None:
+        """Fail if a scripted command never ran or an unexpected one did."""
+        problems = [f"not run: {s}" for s in self._scripts]
+        problems += [f"unexpected: {argv}" for argv in self.unexpected]
+        if problems:
+            raise AssertionError("FakeExecutor:\n  " + "\n  ".join(problems))
