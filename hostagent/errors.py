@@ -136,3 +136,10 @@ class PathsDown(HostAgentError):
     code = "paths_down"
     http_status = 409
     retryable = True
+
+
+class LunNotFound(HostAgentError):
+    """The target answered but has no such LUN for us (not mapped, wrong id)."""
+
+    code = "lun_not_found"
+    http_status = 502

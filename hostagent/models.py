@@ -13,6 +13,12 @@ class Portal:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    @classmethod
+    def parse(cls, text: str) -> Portal:
+        """'host:port' or '[v6]:port' (already validated input)."""
+        host, _, port = text.rpartition(":")
+        return cls(host.strip("[]"), int(port))
+
 
 @dataclass(frozen=True)
 class Chap:
@@ -93,3 +99,12 @@ class Device:
     multipath: bool
     missing: tuple[str, ...] = ()  # portals or targets that gave no path, with the reason
     size_bytes: int = 0
+    # iSCSI: every (portal, iqn, lun) the attach resolved, logged in or not, so a
+    # detach cleans them up without asking the array (SendTargets) again.
+    iscsi_targets: tuple[IscsiTarget, ...] = ()
+
+
+@dataclass(frozen=True)
+class DetachResult:
+    data_may_be_lost: bool = False  # force went on past a failed flush or a busy map
+    warnings: tuple[str, ...] = ()

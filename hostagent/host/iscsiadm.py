@@ -144,19 +144,26 @@ class Iscsiadm:
     async def discover(self, portal: Portal, chap: Chap | None) -> list[DiscoveredTarget]:
         """SendTargets without creating records: hostagent makes only the ones it needs."""
         base = ["-m", "discoverydb", "-t", "st", "-p", str(portal), "-I", self.iface]
-        if chap is None:
-            out = await self._run(["-m", "discovery", "-t", "st", "-p", str(portal),
-                                   "-I", self.iface, "-o", "nonpersistent"])
-            return parse_discovery(out)
-        await self._run([*base, "-o", "new"])
         try:
-            self._edit(self._discovery_record(portal),
-                       chap_settings(chap, "discovery.sendtargets.auth"))
-            out = await self._run([*base, "--discover", "-o", "nonpersistent"])
-        finally:
-            await self._run([*base, "-o", "delete"],
-                            ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
-        return parse_discovery(out)
+            if chap is None:
+                return parse_discovery(await self._run(
+                    ["-m", "discovery", "-t", "st", "-p", str(portal), "-I", self.iface,
+                     "-o", "nonpersistent"]))
+            await self._run([*base, "-o", "new"])
+            try:
+                self._edit(self._discovery_record(portal),
+                           chap_settings(chap, "discovery.sendtargets.auth"))
+                return parse_discovery(await self._run([*base, "--discover", "-o",
+                                                        "nonpersistent"]))
+            finally:
+                await self._run([*base, "-o", "delete"],
+                                ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+        except CommandFailed as err:
+            if err.returncode == IscsiErr.LOGIN_AUTH_FAILED:
+                raise AuthenticationFailed(f"{portal} refused our discovery CHAP credentials",
+                                           portal=str(portal)) from err
+            raise LoginFailed(f"SendTargets on {portal} failed: {err.message}",
+                              portal=str(portal), returncode=err.returncode) from err
 
     async def create_node(self, iqn: str, portal: Portal, settings: Mapping[str, str]) -> None:
         """A node record under our iface, with `settings` (secrets included) written in."""

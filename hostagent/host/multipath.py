@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hostagent.errors import DaemonUnavailable, DeviceBusy, HostCommandError
+from hostagent.host.executor import Executor
 from hostagent.host.fs import HostFS
 
 MULTIPATHD_SOCKET = "\0/org/kernel/linux/storage/multipathd"
@@ -98,10 +99,12 @@ def remove_wwid_line(text: str, wwid: str) -> str:
 
 
 class Multipath:
-    def __init__(self, client: MultipathdClient, fs: HostFS, *, timeout: float = 30.0) -> None:
+    def __init__(self, client: MultipathdClient, fs: HostFS, *, timeout: float = 30.0,
+                 executor: Executor | None = None) -> None:
         self.client = client
         self.fs = fs
         self.timeout = timeout
+        self.executor = executor
 
     async def _ok(self, cmd: str) -> None:
         reply = await self.client.command(cmd, timeout=self.timeout)
@@ -127,6 +130,14 @@ class Multipath:
         reply = await self.client.command(f"del map {wwid}", timeout=self.timeout)
         if reply.strip() != "ok" and self.map_device(wwid) is not None:
             raise DeviceBusy(f"multipathd could not remove map {wwid} (in use?)", wwid=wwid)
+
+    async def force_remove(self, wwid: str) -> None:
+        """Last resort of a forced detach: the map's table goes to error, then away."""
+        await self.client.command(f"disablequeueing map {wwid}", timeout=self.timeout)
+        if self.executor is None:
+            raise DeviceBusy(f"map {wwid} is in use and no executor can force it", wwid=wwid)
+        await self.executor.run(["dmsetup", "remove", "--force", "--retry", wwid],
+                                ok_codes=(0, 1), timeout=self.timeout)
 
     async def resize(self, wwid: str) -> None:
         await self._ok(f"resize map {wwid}")

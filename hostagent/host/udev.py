@@ -43,17 +43,18 @@ class PyudevWatcher:
     def __init__(self, subsystems: tuple[str, ...] = ("block", "scsi")) -> None:
         self._subsystems = subsystems
         self._monitor: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Event] = set()
 
-    def _start(self) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         import pyudev
 
         monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
         for subsystem in self._subsystems:
             monitor.filter_by(subsystem)
         monitor.start()
-        asyncio.get_running_loop().add_reader(monitor.fileno(), self._drain)
-        self._monitor = monitor
+        loop.add_reader(monitor.fileno(), self._drain)
+        self._monitor, self._loop = monitor, loop
 
     def _drain(self) -> None:
         while self._monitor.poll(timeout=0) is not None:
@@ -62,8 +63,9 @@ class PyudevWatcher:
             waiter.set()
 
     async def wait(self, check: Callable[[], T | None], *, timeout: float, what: str) -> T:
-        if self._monitor is None:
-            self._start()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or a new event loop (asyncio.run per call)
+            self._start(loop)
         wake = asyncio.Event()
         self._waiters.add(wake)  # subscribed before the first check: no event is missed
         deadline = time.monotonic() + timeout
@@ -83,7 +85,7 @@ class PyudevWatcher:
             self._waiters.discard(wake)
 
     def close(self) -> None:
-        if self._monitor is not None:
+        if self._monitor is not None and self._loop is not None:
             with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._monitor.fileno())
-            self._monitor = None
+                self._loop.remove_reader(self._monitor.fileno())
+        self._monitor = self._loop = None

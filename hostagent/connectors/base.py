@@ -1,0 +1,26 @@
+"""The protocol every engine (native iSCSI, native FC, os-brick) implements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from hostagent.models import DetachResult, Device, VolumeSpec
+
+Progress = Callable[[str], None]
+
+
+def no_progress(phase: str) -> None:
+    """The default progress sink: phases are only reported when someone listens."""
+
+
+class Connector(Protocol):
+    async def attach(self, spec: VolumeSpec, *, multipath: bool,
+                     progress: Progress = no_progress) -> Device: ...
+
+    async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,
+                     progress: Progress = no_progress) -> DetachResult: ...
+
+    async def extend(self, spec: VolumeSpec, device: Device) -> int: ...
+
+    def connector_properties(self, *, multipath: bool) -> dict[str, Any]: ...

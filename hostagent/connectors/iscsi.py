@@ -1,0 +1,414 @@
+"""The native iSCSI engine: connection_info in, one healthy multipath device out.
+
+Attach: node records under hostagent's own iface (static, or SendTargets when
+the controller asked for discovery), parallel logins with bounded timeouts,
+a targeted `C T L` scan of the one LUN on each session, the sd awaited by udev
+event, WWNs checked, and the map built through multipathd's socket. Detach is
+the mirror and logs out only sessions that no other LUN still uses.
+Host processes: `iscsiadm` only (node records, login, logout, discovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import socket
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hostagent.connectors.base import Progress, no_progress
+from hostagent.errors import (
+    AuthenticationFailed,
+    DeviceBusy,
+    HostAgentError,
+    HostCommandError,
+    InvalidRequest,
+    LoginFailed,
+    LunNotFound,
+    PathsDown,
+    WwnMismatch,
+)
+from hostagent.host import scsi
+from hostagent.host.executor import Executor
+from hostagent.host.fs import HostFS
+from hostagent.host.iscsiadm import Iscsiadm, chap_settings, edit_record
+from hostagent.host.multipath import Multipath, MultipathdClient
+from hostagent.host.udev import Udev, block_initialized
+from hostagent.locks import TargetLocks
+from hostagent.models import (
+    Chap,
+    DetachResult,
+    Device,
+    IscsiTarget,
+    IscsiVolume,
+    PathInfo,
+    VolumeSpec,
+)
+
+INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
+
+
+@dataclass(frozen=True)
+class IscsiOptions:
+    iface: str = "hostagent"
+    login_timeout: int = 5  # s per login attempt: a dead portal costs at most 2 of them
+    login_attempts: int = 2
+    device_timeout: float = 30.0  # for an sd or a map to appear once the kernel has the LUN
+    remove_attempts: int = 3  # a map briefly held open (udev, blkid) is retried this often
+    my_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class _Path:
+    info: PathInfo
+    wwid: str
+    created: bool  # False: the sd was already there and in use (never removed on rollback)
+
+
+def _expect_iscsi(spec: VolumeSpec) -> IscsiVolume:
+    if not isinstance(spec, IscsiVolume):
+        raise InvalidRequest("connection_info.driver_volume_type",
+                             "the iSCSI engine got a non-iSCSI volume")
+    return spec
+
+
+def _unique(targets: Iterable[IscsiTarget]) -> tuple[IscsiTarget, ...]:
+    return tuple(dict.fromkeys(targets))
+
+
+class IscsiConnector:
+    def __init__(self, executor: Executor, fs: HostFS, udev: Udev,
+                 multipathd: MultipathdClient, *, locks: TargetLocks | None = None,
+                 options: IscsiOptions | None = None) -> None:
+        self.fs = fs
+        self.udev = udev
+        self.options = options or IscsiOptions()
+        self.iscsiadm = Iscsiadm(executor, fs, iface=self.options.iface)
+        self.multipath = Multipath(multipathd, fs, executor=executor)
+        self.locks = locks or TargetLocks()
+
+    # ---- attach ----------------------------------------------------------------
+    async def attach(self, spec: VolumeSpec, *, multipath: bool,
+                     progress: Progress = no_progress) -> Device:
+        vol = _expect_iscsi(spec)
+        await self.iscsiadm.ensure_iface()
+        targets = await self._resolve(vol, multipath, progress)
+        async with self.locks.hold(t.iqn for t in targets):
+            progress("logging in")
+            if multipath:
+                outcomes = await asyncio.gather(
+                    *(self._connect(t, vol) for t in targets), return_exceptions=True)
+            else:
+                outcomes = await self._connect_first(targets, vol)
+            paths = [o for o in outcomes if isinstance(o, _Path)]
+            failures = {str(t.portal): o for t, o in zip(targets, outcomes, strict=False)
+                        if isinstance(o, BaseException)}
+            try:
+                return await self._finish(vol, targets, paths, failures, multipath, progress)
+            except BaseException:
+                await self._rollback(targets, paths)
+                raise
+
+    async def _resolve(self, vol: IscsiVolume, multipath: bool,
+                       progress: Progress) -> tuple[IscsiTarget, ...]:
+        if not (vol.discover and multipath):
+            return _unique(vol.targets)
+        progress("discovering")
+        first = vol.targets[0]
+        found = await self.iscsiadm.discover(first.portal, vol.discovery_chap)
+        targets = _unique(IscsiTarget(d.portal, d.iqn, first.lun)
+                          for d in found if d.iqn == first.iqn)
+        if not targets:
+            raise LoginFailed(f"SendTargets on {first.portal} does not list {first.iqn}",
+                              portal=str(first.portal), iqn=first.iqn,
+                              listed=sorted({d.iqn for d in found}))
+        return targets
+
+    async def _connect_first(self, targets: Sequence[IscsiTarget],
+                             vol: IscsiVolume) -> list[_Path | BaseException]:
+        """Single-path mode: the first portal that gives a device, in the given order."""
+        outcomes: list[_Path | BaseException] = []
+        for target in targets:
+            try:
+                outcomes.append(await self._connect(target, vol))
+                break
+            except HostAgentError as err:
+                outcomes.append(err)
+        return outcomes
+
+    async def _connect(self, target: IscsiTarget, vol: IscsiVolume) -> _Path:
+        iqn, portal = target.iqn, target.portal
+        session = self._session(iqn, str(portal))
+        if session is None:
+            settings = self._node_settings(vol.chap)
+            if self.iscsiadm.has_node(iqn, portal):
+                # Our record from an earlier attach: credentials may have changed.
+                self.fs.update_locked(self.iscsiadm.node_record(iqn, portal),
+                                      lambda text: edit_record(text, settings))
+            else:
+                await self.iscsiadm.create_node(iqn, portal, settings)
+            await self.iscsiadm.login(
+                iqn, portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
+                timeout=self.options.login_timeout * self.options.login_attempts + 15)
+            session = self._session(iqn, str(portal))
+            if session is None:
+                raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
+                                  "session", iqn=iqn, portal=str(portal))
+        hctl = f"{session.host}:0:{session.target_id}:{target.lun}"
+        sd, created = await self._scan(hctl, session.host, session.target_id, target)
+        wwid = scsi.wwid(self.fs, hctl)
+        if wwid is None:
+            raise WwnMismatch(f"{sd} ({hctl}) reports no NAA/EUI identifier", hctl=hctl)
+        return _Path(PathInfo(sd, hctl, str(portal), iqn), wwid, created)
+
+    def _node_settings(self, chap: Chap | None) -> dict[str, str]:
+        opts = self.options
+        return {
+            "node.startup": "manual",
+            "node.session.scan": "manual",  # we scan exactly our LUN, never the whole target
+            "node.conn[0].timeo.login_timeout": str(opts.login_timeout),
+            "node.session.initial_login_retry_max": str(opts.login_attempts),
+            **chap_settings(chap, "node.session.auth"),
+        }
+
+    def _session(self, iqn: str, portal: str) -> scsi.IscsiSession | None:
+        for s in scsi.iscsi_sessions(self.fs):
+            if s.iqn == iqn and str(s.portal) == portal and s.iface == self.options.iface:
+                return s
+        return None
+
+    async def _scan(self, hctl: str, host: int, target_id: int,
+                    target: IscsiTarget) -> tuple[str, bool]:
+        existing = scsi.disk_of(self.fs, hctl)
+        if existing and scsi.holders(self.fs, existing):
+            return existing, False  # in a map already; its WWN is checked with the others
+        if self.fs.exists(f"/sys/class/scsi_device/{hctl}"):
+            # Not ours and unused: a leftover, possibly of a LUN id the array has since
+            # given to another volume. Its cached identity cannot be trusted: rescan anew.
+            scsi.delete_device(self.fs, hctl)
+        scsi.scan_lun(self.fs, host, 0, target_id, target.lun)
+        if not self.fs.exists(f"/sys/class/scsi_device/{hctl}"):
+            raise LunNotFound(f"{target.iqn} at {target.portal} has no LUN {target.lun} "
+                              "for this initiator", iqn=target.iqn, portal=str(target.portal),
+                              lun=target.lun)
+
+        def ready() -> str | None:
+            sd = scsi.disk_of(self.fs, hctl)
+            return sd if sd and block_initialized(self.fs, sd) else None
+
+        sd = await self.udev.wait(ready, timeout=self.options.device_timeout,
+                                  what=f"the disk of {hctl}")
+        return sd, True
+
+    async def _finish(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...],
+                      paths: list[_Path], failures: dict[str, BaseException],
+                      multipath: bool, progress: Progress) -> Device:
+        if not paths:
+            raise _no_path_error(vol, failures)
+        wwid = _agreed_wwid(paths, vol.expected_wwn)
+        missing = tuple(f"{portal}: {_describe(err)}" for portal, err in failures.items())
+        infos = tuple(p.info for p in paths)
+        if not multipath:
+            sd = paths[0].info.device
+            return Device(f"/dev/{sd}", wwid, infos, False, missing,
+                          scsi.size_bytes(self.fs, sd), targets)
+        progress("building the multipath map")
+        dm = await self._build_map(wwid, [p.info.device for p in paths])
+        return Device(f"/dev/{dm}", wwid, infos, True, missing,
+                      scsi.size_bytes(self.fs, dm), targets)
+
+    async def _build_map(self, wwid: str, devices: list[str]) -> str:
+        # Recording the WWID first makes any find_multipaths policy accept the paths.
+        self.multipath.remember_wwid(wwid)
+        await asyncio.gather(*(self.multipath.add_path(d) for d in devices))
+
+        def ready() -> str | None:
+            dm = self.multipath.map_device(wwid)
+            if dm is None or not block_initialized(self.fs, dm):
+                return None
+            slaves = set(self.fs.listdir(f"/sys/block/{dm}/slaves"))
+            return dm if slaves >= set(devices) else None
+
+        return await self.udev.wait(ready, timeout=self.options.device_timeout,
+                                    what=f"multipath map {wwid} over {', '.join(devices)}")
+
+    async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[_Path]) -> None:
+        created = [p.info for p in paths if p.created]
+        wwids = {p.wwid for p in paths}
+        for wwid in wwids:
+            dm = self.multipath.map_device(wwid)
+            if dm and set(self.fs.listdir(f"/sys/block/{dm}/slaves")) <= {
+                    p.device for p in created}:
+                await self._remove_map(wwid, dm, force=True)
+                self.multipath.forget_wwid(wwid)
+        await self._delete_disks(created)
+        await self._release_sessions(targets)
+
+    # ---- detach ----------------------------------------------------------------
+    async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,
+                     progress: Progress = no_progress) -> DetachResult:
+        vol = _expect_iscsi(spec)
+        targets = device.iscsi_targets or _unique(vol.targets)
+        async with self.locks.hold(t.iqn for t in targets):
+            warnings: list[str] = []
+            lost = False
+            dm = self.multipath.map_device(device.wwn) if device.multipath else None
+            progress("flushing")
+            flush_target = f"/dev/{dm}" if dm else device.path
+            if dm or not device.multipath:
+                lost |= self._flush(flush_target, force, warnings)
+            if dm:
+                progress("removing the multipath map")
+                lost |= await self._remove_map(device.wwn, dm, force=force, warnings=warnings)
+            if device.multipath:
+                self.multipath.forget_wwid(device.wwn)
+            progress("removing the disks")
+            await self._delete_disks(list(device.paths))
+            progress("logging out")
+            await self._release_sessions(targets)
+            return DetachResult(lost, tuple(warnings))
+
+    def _flush(self, dev: str, force: bool, warnings: list[str]) -> bool:
+        if not self.fs.exists(dev):
+            return False
+        try:
+            self.fs.flush_buffers(dev)
+        except OSError as err:
+            if not force:
+                raise DeviceBusy(f"flushing {dev} failed: {err}", device=dev) from err
+            warnings.append(f"flushing {dev} failed ({err}); forced on: data may be lost")
+            return True
+        return False
+
+    async def _remove_map(self, wwid: str, dm: str, *, force: bool,
+                          warnings: list[str] | None = None) -> bool:
+        for attempt in range(self.options.remove_attempts):
+            try:
+                await self.multipath.remove_map(wwid)
+                break
+            except DeviceBusy:
+                if attempt + 1 < self.options.remove_attempts:
+                    await asyncio.sleep(0.2 * (attempt + 1))  # udev/blkid hold it briefly
+        else:
+            if not force:
+                raise DeviceBusy(f"multipath map {wwid} ({dm}) stays in use", wwid=wwid, dm=dm)
+            await self.multipath.force_remove(wwid)
+            if warnings is not None:
+                warnings.append(f"map {wwid} was in use; removed by force: data may be lost")
+            await self._wait_gone([f"/sys/block/{dm}"], f"map {wwid}")
+            return True
+        await self._wait_gone([f"/sys/block/{dm}"], f"map {wwid}")
+        return False
+
+    async def _delete_disks(self, paths: Sequence[PathInfo]) -> None:
+        for p in paths:
+            # Deleting a SCSI device is synchronous; the wait covers udev's removal.
+            scsi.delete_device(self.fs, p.hctl)
+        await self._wait_gone([f"/sys/class/scsi_device/{p.hctl}" for p in paths], "the disks")
+
+    async def _wait_gone(self, sys_paths: list[str], what: str) -> None:
+        await self.udev.wait(lambda: not any(self.fs.exists(p) for p in sys_paths) or None,
+                             timeout=self.options.device_timeout, what=f"{what} to go away")
+
+    async def _release_sessions(self, targets: Sequence[IscsiTarget]) -> None:
+        """Log out and forget only what no other LUN still uses (K2 shares one IQN)."""
+        sessions = {(s.iqn, str(s.portal)): s for s in scsi.iscsi_sessions(self.fs)
+                    if s.iface == self.options.iface}
+        todo = []
+        for t in _unique(IscsiTarget(t.portal, t.iqn, 0) for t in targets):
+            s = sessions.get((t.iqn, str(t.portal)))
+            if s is not None and scsi.devices_on_host(self.fs, s.host):
+                continue
+            todo.append((t, s is not None))
+        await asyncio.gather(*(self._release(t, logged_in) for t, logged_in in todo))
+
+    async def _release(self, target: IscsiTarget, logged_in: bool) -> None:
+        if logged_in:
+            await self.iscsiadm.logout(target.iqn, target.portal)
+        if self.iscsiadm.has_node(target.iqn, target.portal):
+            await self.iscsiadm.delete_node(target.iqn, target.portal)
+
+    # ---- extend ----------------------------------------------------------------
+    async def extend(self, spec: VolumeSpec, device: Device) -> int:
+        vol = _expect_iscsi(spec)
+        targets = device.iscsi_targets or _unique(vol.targets)
+        async with self.locks.hold(t.iqn for t in targets):
+            down = [p.hctl for p in device.paths
+                    if scsi.device_state(self.fs, p.hctl) != "running"]
+            if down or device.missing:
+                raise PathsDown("every path must be up to resize safely", down=down,
+                                missing=list(device.missing))
+            for p in device.paths:
+                scsi.rescan_device(self.fs, p.hctl)
+            if not device.multipath:
+                return scsi.size_bytes(self.fs, device.paths[0].device)
+            await self.multipath.resize(device.wwn)
+            dm = self.multipath.map_device(device.wwn)
+            if dm is None:
+                raise HostCommandError(f"map {device.wwn} vanished during resize")
+            return scsi.size_bytes(self.fs, dm)
+
+    # ---- connector properties ----------------------------------------------------
+    def initiator_name(self) -> str | None:
+        text = self.fs.try_read(INITIATOR_FILE) or ""
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "InitiatorName" and value.strip():
+                return value.strip()
+        return None
+
+    def connector_properties(self, *, multipath: bool) -> dict[str, Any]:
+        """What os-brick's get_connector_properties returns for iSCSI."""
+        props: dict[str, Any] = {
+            "platform": platform.machine(),
+            "os_type": sys.platform,
+            "ip": self.options.my_ip or _default_ip(),
+            "host": socket.gethostname(),
+            "multipath": multipath,
+            "enforce_multipath": False,
+            "do_local_attach": False,
+        }
+        initiator = self.initiator_name()
+        if initiator:
+            props["initiator"] = initiator
+        return props
+
+
+def _default_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _agreed_wwid(paths: list[_Path], expected: str | None) -> str:
+    wwids = {p.wwid for p in paths}
+    if len(wwids) > 1:
+        raise WwnMismatch("the paths of one volume report different WWNs",
+                          paths={p.info.hctl: p.wwid for p in paths})
+    wwid = wwids.pop()
+    if expected:
+        want = expected.lower().removeprefix("naa.")
+        if wwid not in (want, "3" + want):
+            raise WwnMismatch(f"the volume reports WWN {wwid}, expected {expected}",
+                              wwid=wwid, expected=expected)
+    return wwid
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, HostAgentError):
+        return f"{err.code}: {err.message}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _no_path_error(vol: IscsiVolume, failures: dict[str, BaseException]) -> BaseException:
+    for err in failures.values():
+        if isinstance(err, AuthenticationFailed):
+            return err
+    if len(failures) == 1:
+        return next(iter(failures.values()))
+    return LoginFailed("no path to the volume: " + "; ".join(
+        f"{p}: {_describe(e)}" for p, e in failures.items()),
+        portals=sorted(failures), volume_id=vol.volume_id)

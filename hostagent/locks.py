@@ -1,0 +1,47 @@
+"""Per-target locks: attaches to different targets run in parallel.
+
+An asyncio lock orders the operations inside this process; an oslo.concurrency
+file lock (when a lock_path is configured) keeps other processes on the host
+that use the same lock_path (hostagent-cli's local mode, os-brick) out of the
+same target. There is no host-wide lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+
+def _lock_name(key: str) -> str:
+    return "hostagent-" + re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+
+
+class TargetLocks:
+    def __init__(self, lock_path: str | None = None) -> None:
+        self.lock_path = lock_path
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        # Sorted, so two operations needing overlapping sets cannot deadlock.
+        ordered = sorted(set(keys))
+        async with contextlib.AsyncExitStack() as stack:
+            for key in ordered:
+                await stack.enter_async_context(self._locks.setdefault(key, asyncio.Lock()))
+                if self.lock_path:
+                    stack.push_async_callback(self._release_file, await self._acquire_file(key))
+            yield
+
+    async def _acquire_file(self, key: str) -> Any:
+        from oslo_concurrency import lockutils
+
+        lock = lockutils.external_lock(_lock_name(key), lock_path=self.lock_path)
+        await asyncio.to_thread(lock.acquire)
+        return lock
+
+    @staticmethod
+    async def _release_file(lock: Any) -> None:
+        lock.release()

@@ -1,0 +1,190 @@
+"""The iSCSI connector on the fake host: which commands run, what is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hostagent.connectors.iscsi import IscsiConnector
+from hostagent.errors import AuthenticationFailed, InvalidRequest, WwnMismatch
+from hostagent.models import Chap, Device, FcVolume, IscsiTarget, IscsiVolume, Portal
+from tests.unit.fakehost import RECORD, FakeHostFS, FakeKernel, FakeMultipathd, FakeUdev
+from tests.unit.fakes import FakeExecutor
+
+IQN = "iqn.2013-05.com.daterainc:tc:01:sn:0123456789abcdef"
+K2 = "iqn.2009-01.com.kaminario:storage.k2.abc123"
+P1, P2 = "127.0.0.1:3260", "10.99.0.2:3260"
+WWID = "36001405" + "0123456789abcdef012345678"
+CHAP = Chap("alice", "chap-secret-1")
+
+
+class Host:
+    def __init__(self, tmp_path: Path) -> None:
+        self.kernel = FakeKernel(tmp_path)
+        self.fs = FakeHostFS(self.kernel)
+        self.executor = FakeExecutor()
+        self.mpd = FakeMultipathd(self.kernel)
+        self.connector = IscsiConnector(self.executor, self.fs, FakeUdev(), self.mpd)
+        self.kernel.write("/etc/iscsi/ifaces/hostagent", "iface.iscsi_ifacename = hostagent\n")
+
+    def record(self, iqn: str, portal: str) -> Path:
+        return self.kernel.p(f"/etc/iscsi/nodes/{iqn}/{portal.replace(':', ',')}")
+
+    def expect_new_node(self, iqn: str, portal: str) -> None:
+        self.executor.expect(
+            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "-o", "new"],
+            side_effect=lambda: self.kernel.write(str(self.record(iqn, portal))[len(
+                str(self.kernel.root)):], RECORD))
+
+    def expect_login(self, iqn: str, portal: str, returncode: int = 0) -> None:
+        def effect() -> None:
+            if returncode == 0:
+                self.kernel.add_session(iqn, portal)
+        self.executor.expect(
+            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "--login"],
+            returncode=returncode, side_effect=effect,
+            stderr="" if returncode == 0 else f"iscsiadm: initiator reported error ({returncode})")
+
+    def expect_logout(self, iqn: str, portal: str) -> None:
+        self.executor.expect(
+            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "--logout"],
+            side_effect=lambda: self.kernel.remove_session(iqn, portal))
+
+    def expect_delete(self, iqn: str, portal: str) -> None:
+        self.executor.expect(
+            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "-o",
+             "delete"], side_effect=lambda: self.record(iqn, portal).unlink())
+
+    def attach(self, vol: IscsiVolume, multipath: bool = True) -> Device:
+        return asyncio.run(self.connector.attach(vol, multipath=multipath))
+
+
+def datera(chap: Chap | None = None, expected: str | None = None) -> IscsiVolume:
+    return IscsiVolume(tuple(IscsiTarget(Portal.parse(p), IQN, 0) for p in (P1, P2)),
+                       chap=chap, expected_wwn=expected)
+
+
+def k2(lun: int) -> IscsiVolume:
+    return IscsiVolume(tuple(IscsiTarget(Portal.parse(p), K2, lun) for p in (P1, P2)))
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path)
+
+
+def test_attach_from_nothing_runs_four_processes_and_keeps_secrets_off_argv(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p)
+    device = host.attach(datera(CHAP))
+    host.executor.assert_done()
+    assert len(host.executor.calls) == 4
+    assert device.path == "/dev/dm-0" and device.wwn == WWID and device.multipath
+    assert sorted(p.portal for p in device.paths) == sorted([P1, P2])
+    assert device.missing == ()
+    assert all(CHAP.password not in " ".join(c.argv) for c in host.executor.calls)
+    record = host.record(IQN, P1).read_text()
+    assert "node.session.auth.password = chap-secret-1" in record
+    assert "node.session.scan = manual" in record
+    assert sorted(host.mpd.commands) == ["add path sda", "add path sdb"]
+    assert f"/{WWID}/" in host.kernel.p("/etc/multipath/wwids").read_text()
+
+
+def test_the_iface_is_created_once(host: Host) -> None:
+    host.kernel.p("/etc/iscsi/ifaces/hostagent").unlink()
+    host.kernel.luns[(IQN, 0)] = WWID
+    host.executor.expect(["iscsiadm", "-m", "iface", "-I", "hostagent", "-o", "new"],
+                         side_effect=lambda: host.kernel.write("/etc/iscsi/ifaces/hostagent"))
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p)
+    host.attach(datera())
+    host.executor.assert_done()
+
+
+def test_a_dead_portal_gives_a_one_path_device_naming_it(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    host.expect_new_node(IQN, P1)
+    host.expect_login(IQN, P1)
+    host.expect_new_node(IQN, P2)
+    host.expect_login(IQN, P2, returncode=8)
+    device = host.attach(datera())
+    assert len(device.paths) == 1 and device.paths[0].portal == P1
+    assert len(device.missing) == 1 and device.missing[0].startswith(P2)
+    assert "login_failed" in device.missing[0]
+
+
+def test_wrong_chap_fails_and_deletes_the_records_it_made(host: Host) -> None:
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p, returncode=24)
+        host.expect_delete(IQN, p)
+    with pytest.raises(AuthenticationFailed):
+        host.attach(datera(CHAP))
+    host.executor.assert_done()
+    assert not host.kernel.p(f"/etc/iscsi/nodes/{IQN}").exists() or not any(
+        host.kernel.p(f"/etc/iscsi/nodes/{IQN}").iterdir())
+
+
+def test_an_unexpected_wwn_is_never_returned_and_nothing_stays(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p)
+    for p in (P1, P2):
+        host.expect_logout(IQN, p)
+        host.expect_delete(IQN, p)
+    with pytest.raises(WwnMismatch):
+        host.attach(datera(expected="36001405ffffffffffffffffffffffff"))
+    host.executor.assert_done()
+    assert list(host.kernel.p("/sys/class/scsi_device").iterdir()) == []
+    assert host.mpd.commands == []
+
+
+def test_k2_detach_keeps_sessions_other_luns_use(host: Host) -> None:
+    host.kernel.luns[(K2, 1)] = WWID
+    host.kernel.luns[(K2, 2)] = WWID[:-1] + "9"
+    for p in (P1, P2):
+        host.expect_new_node(K2, p)
+        host.expect_login(K2, p)
+    first = host.attach(k2(1))
+    second = host.attach(k2(2))  # sessions exist: no process at all
+    assert len(host.executor.calls) == 4
+    asyncio.run(host.connector.detach(k2(1), first))
+    assert len(host.executor.calls) == 4  # LUN 2 still uses both sessions
+    assert host.kernel.dm_of(WWID) is None and host.kernel.dm_of(second.wwn) is not None
+    for p in (P1, P2):
+        host.expect_logout(K2, p)
+        host.expect_delete(K2, p)
+    asyncio.run(host.connector.detach(k2(2), second))
+    host.executor.assert_done()
+    assert list(host.kernel.p("/sys/class/scsi_device").iterdir()) == []
+    assert f"/{WWID}/" not in host.kernel.p("/etc/multipath/wwids").read_text()
+    assert host.kernel.flushed == ["/dev/dm-0", "/dev/dm-1"]
+
+
+def test_a_stale_disk_at_the_same_lun_is_replaced(host: Host) -> None:
+    host.kernel.luns[(K2, 1)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(K2, p)
+        host.expect_login(K2, p)
+    asyncio.run(host.connector.attach(k2(1), multipath=True))
+    # Behind our back: the map goes, the disks stay, the array reuses LUN 1.
+    host.kernel.remove_map(WWID)
+    new = WWID[:-1] + "7"
+    host.kernel.luns[(K2, 1)] = new
+    device = host.attach(k2(1))
+    assert device.wwn == new
+    assert all(host.fs.read(f"/sys/class/scsi_device/{p.hctl}/device/wwid") == "naa." + new[1:]
+               for p in device.paths)
+
+
+def test_bad_input_runs_nothing(host: Host) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        asyncio.run(host.connector.attach(FcVolume(("2000020000000b01",), 1), multipath=True))
+    assert err.value.field == "connection_info.driver_volume_type"
+    assert host.executor.calls == []
