@@ -1,0 +1,260 @@
+"""The native iSCSI connector on the real kernel, against the LIO array.
+
+Every test ends with the plugin's leak check: no session, node record, sd, dm,
+loop device or LIO object may be left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostagent.connection_info import parse
+
+from hostagent.connectors.iscsi import IscsiConnector
+from hostagent.errors import AuthenticationFailed
+from hostagent.host.executor import AsyncExecutor
+from hostagent.host.fs import HostFS
+from hostagent.host.multipath import SocketClient
+from hostagent.host.udev import PyudevWatcher
+from hostagent.models import Device, IscsiVolume
+from tests.kernel import rawtools as raw
+from tests.kernel.testbed import guest as guest_mod
+from tests.kernel.testbed import probe
+from tests.kernel.testbed.faults import Faults
+from tests.kernel.testbed.lio import Chap, Export, IscsiArray
+from tests.kernel.testbed.sh import run
+
+MIB = 1024 * 1024
+METRICS: dict[str, Any] = {}
+
+
+class Host:
+    """The connector wired to the real host, with its counters."""
+
+    def __init__(self) -> None:
+        self.executor = AsyncExecutor()
+        self.mpd = SocketClient()
+        self.connector = IscsiConnector(self.executor, HostFS("/"), PyudevWatcher(), self.mpd)
+
+    def processes(self) -> int:
+        return self.executor.calls
+
+    async def attach(self, export: Export, multipath: bool = True) -> Device:
+        return await self.connector.attach(parse(export.connection_info), multipath=multipath)
+
+    async def detach(self, export: Export, device: Device) -> None:
+        result = await self.connector.detach(parse(export.connection_info), device)
+        assert not result.data_may_be_lost, result.warnings
+
+
+@pytest.fixture
+def host() -> Host:
+    return Host()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def metrics() -> Iterator[dict[str, Any]]:
+    yield METRICS
+    out = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / "iscsi-metrics.json"
+    out.write_text(json.dumps(METRICS, indent=2, sort_keys=True))
+
+
+def timed(name: str, host: Host, coro: Any) -> Any:
+    before = host.processes()
+    start = time.monotonic()
+    result = asyncio.run(coro)
+    METRICS.setdefault(name, []).append(
+        {"seconds": round(time.monotonic() - start, 3), "processes": host.processes() - before})
+    return result
+
+
+def check_data(device: Device, size: int = 4 * MIB) -> None:
+    pattern = os.urandom(size)
+    fd = os.open(device.path, os.O_RDWR | os.O_SYNC)
+    try:
+        os.pwrite(fd, pattern, MIB)
+        os.fsync(fd)
+        assert os.pread(fd, size, MIB) == pattern
+    finally:
+        os.close(fd)
+    # Read back through a fresh open with the page cache dropped: the array has it.
+    run(["blockdev", "--flushbufs", device.path])
+    with open(device.path, "rb") as f:
+        f.seek(MIB)
+        assert f.read(size) == pattern
+
+
+def assert_map(device: Device, export: Export, paths: int) -> None:
+    assert device.multipath and device.path.startswith("/dev/dm-")
+    assert device.wwn == export.wwid
+    assert len(device.paths) == paths
+    mp = probe.maps()[export.wwid]
+    assert mp.dm == device.path[5:]
+    assert sorted(p.dev for p in mp.paths) == sorted(p.device for p in device.paths)
+    assert mp.active == paths
+
+
+def assert_nothing_of(export: Export) -> None:
+    assert not raw.disks_with_wwid(export.wwid)
+    assert export.wwid not in probe.maps()
+    assert not [s for s in probe.sessions() if s[1] == export.iqn]
+    assert not [r for r in probe.node_records() if export.iqn in r]
+
+
+@pytest.mark.parametrize("array", [2, 3], indirect=True)
+def test_datera_attach_detach_on_every_portal(array: IscsiArray, host: Host) -> None:
+    export = array.export_datera()
+    n = len(array.portals)
+    device = timed(f"datera_attach_{n}_portals", host, host.attach(export))
+    assert_map(device, export, n)
+    assert device.missing == ()
+    assert device.size_bytes == 64 * MIB
+    check_data(device)
+    timed(f"datera_detach_{n}_portals", host, host.detach(export, device))
+    assert_nothing_of(export)
+
+
+@pytest.mark.parametrize("policy", ["no", "yes", "strict"])
+def test_attach_works_with_any_find_multipaths_policy(
+        array: IscsiArray, host: Host, policy: str) -> None:
+    guest_mod.set_find_multipaths(policy)
+    try:
+        export = array.export_datera()
+        device = timed(f"attach_find_multipaths_{policy}", host, host.attach(export))
+        assert_map(device, export, 2)
+        asyncio.run(host.detach(export, device))
+        assert_nothing_of(export)
+    finally:
+        guest_mod.set_find_multipaths("no")
+
+
+def test_k2_four_luns_shuffled_detach_keeps_sessions_until_the_last(
+        array: IscsiArray, host: Host) -> None:
+    exports = [array.export_k2() for _ in range(4)]
+    assert isinstance(parse(exports[0].connection_info), IscsiVolume)
+    devices = {}
+    for e in exports:  # singular keys: SendTargets finds the second portal
+        devices[e.lun] = timed("k2_attach_shared_iqn", host, host.attach(e))
+        assert_map(devices[e.lun], e, 2)
+    assert len(probe.sessions()) == 2
+    order = exports[:]
+    random.Random(7).shuffle(order)
+    for i, e in enumerate(order):
+        timed("k2_detach_shared_iqn", host, host.detach(e, devices[e.lun]))
+        assert not raw.disks_with_wwid(e.wwid)
+        remaining = len(order) - i - 1
+        assert len(probe.sessions()) == (2 if remaining else 0), f"after {i + 1} detaches"
+        for other in order[i + 1:]:
+            assert probe.maps()[other.wwid].active == 2
+    assert probe.node_records() == []
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_chap_attach_and_a_wrong_secret_leaves_nothing(
+        array: IscsiArray, host: Host, mutual: bool) -> None:
+    chap = Chap.make(mutual=mutual)
+    export = array.export_datera(chap=chap)
+    device = asyncio.run(host.attach(export))
+    assert_map(device, export, 2)
+    asyncio.run(host.detach(export, device))
+
+    data = export.connection_info["data"]
+    key = "auth_password_in" if mutual else "auth_password"
+    bad = {**export.connection_info, "data": {**data, key: "wrong" + data[key]}}
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(host.connector.attach(parse(bad), multipath=True))
+    assert_nothing_of(export)
+
+
+def test_discovery_chap(array: IscsiArray, host: Host) -> None:
+    keys = array.set_discovery_chap(Chap.make())
+    export = array.export_k2()
+    info = {**export.connection_info, "data": {**export.connection_info["data"], **keys}}
+    device = asyncio.run(host.connector.attach(parse(info), multipath=True))
+    assert_map(device, export, 2)
+    asyncio.run(host.connector.detach(parse(info), device))
+    bad = {**info, "data": {**info["data"], "discovery_auth_password": "wrong-secret"}}
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(host.connector.attach(parse(bad), multipath=True))
+    assert_nothing_of(export)
+
+
+def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
+        array: IscsiArray, host: Host, faults: Faults) -> None:
+    export = array.export_datera()
+    faults.block_portal(array.portals[1])
+    start = time.monotonic()
+    device = timed("attach_one_portal_blocked", host, host.attach(export))
+    elapsed = time.monotonic() - start
+    assert_map(device, export, 1)
+    assert len(device.missing) == 1 and device.missing[0].startswith(array.portals[1])
+    # Bounded by the login timeout (5 s x 2 attempts) plus the healthy path's own work.
+    assert elapsed < 40, f"attach with a dead portal took {elapsed:.1f} s"
+    check_data(device)
+    asyncio.run(host.detach(export, device))
+    assert_nothing_of(export)
+
+
+def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: Host) -> None:
+    keeper = array.export_k2()  # keeps the sessions up, as other volumes would
+    keep_dev = asyncio.run(host.attach(keeper))
+    old = array.export_k2()
+    for session in Path("/sys/class/iscsi_session").iterdir():  # a leftover sd per path
+        hostno = Path(os.path.realpath(session)).parents[2].name
+        Path(f"/sys/class/scsi_host/{hostno}/scan").write_text(f"0 0 {old.lun}")
+    raw.wait_disks(old.wwid, 2)
+    new = array.replace(old)  # same LUN id, another backstore
+    assert new.lun == old.lun and new.wwid != old.wwid
+    device = asyncio.run(host.attach(new))
+    assert device.wwn == new.wwid
+    assert_map(device, new, 2)
+    assert not raw.disks_with_wwid(old.wwid)
+    asyncio.run(host.detach(new, device))
+    asyncio.run(host.detach(keeper, keep_dev))
+
+
+def test_extend_after_the_lun_grew(array: IscsiArray, host: Host) -> None:
+    export = array.export_datera(size_mb=64)
+    device = asyncio.run(host.attach(export))
+    array.grow(export, 96)
+    size = asyncio.run(host.connector.extend(parse(export.connection_info), device))
+    assert size == 96 * MIB
+    assert int(Path(f"/sys/block/{device.path[5:]}/size").read_text()) * 512 == 96 * MIB
+    asyncio.run(host.detach(export, device))
+
+
+def test_single_path_mode(array: IscsiArray, host: Host) -> None:
+    export = array.export_datera()
+    device = timed("attach_single_path", host, host.attach(export, multipath=False))
+    assert not device.multipath and device.path.startswith("/dev/sd")
+    assert len(device.paths) == 1 and len(probe.sessions()) == 1
+    assert export.wwid not in probe.maps()
+    check_data(device)
+    asyncio.run(host.detach(export, device))
+    assert_nothing_of(export)
+
+
+def test_four_attaches_to_four_targets_at_once(array: IscsiArray, host: Host) -> None:
+    exports = [array.export_datera() for _ in range(4)]
+
+    async def all_four() -> list[Device]:
+        return list(await asyncio.gather(*(host.attach(e) for e in exports)))
+
+    devices = timed("attach_4_parallel", host, all_four())
+    for e, d in zip(exports, devices, strict=True):
+        assert_map(d, e, 2)
+
+    async def detach_all() -> None:
+        await asyncio.gather(*(host.detach(e, d) for e, d in zip(exports, devices, strict=True)))
+
+    timed("detach_4_parallel", host, detach_all())
+    for e in exports:
+        assert_nothing_of(e)
