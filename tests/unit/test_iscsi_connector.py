@@ -188,3 +188,12 @@ def test_bad_input_runs_nothing(host: Host) -> None:
         asyncio.run(host.connector.attach(FcVolume(("2000020000000b01",), 1), multipath=True))
     assert err.value.field == "connection_info.driver_volume_type"
     assert host.executor.calls == []
+
+
+def test_connector_properties_like_os_brick(host: Host) -> None:
+    host.kernel.write("/etc/iscsi/initiatorname.iscsi",
+                      "## comment\nInitiatorName=iqn.1993-08.org.debian:01:abc\n")
+    props = host.connector.connector_properties(multipath=True)
+    assert props["initiator"] == "iqn.1993-08.org.debian:01:abc"
+    assert props["multipath"] is True and props["os_type"] == "linux"
+    assert {"ip", "host", "platform"} <= set(props)
