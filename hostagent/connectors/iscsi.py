@@ -33,7 +33,7 @@ from hostagent.errors import (
 from hostagent.host import scsi
 from hostagent.host.executor import Executor
 from hostagent.host.fs import HostFS
-from hostagent.host.iscsiadm import Iscsiadm, chap_settings, edit_record
+from hostagent.host.iscsiadm import Iscsiadm, chap_settings
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev, block_initialized
 from hostagent.locks import TargetLocks
@@ -145,8 +145,7 @@ class IscsiConnector:
             settings = self._node_settings(vol.chap)
             if self.iscsiadm.has_node(iqn, portal):
                 # Our record from an earlier attach: credentials may have changed.
-                self.fs.update_locked(self.iscsiadm.node_record(iqn, portal),
-                                      lambda text: edit_record(text, settings))
+                await self.iscsiadm.update_node(iqn, portal, settings)
             else:
                 await self.iscsiadm.create_node(iqn, portal, settings)
             await self.iscsiadm.login(
@@ -254,11 +253,11 @@ class IscsiConnector:
         async with self.locks.hold(t.iqn for t in targets):
             warnings: list[str] = []
             lost = False
-            dm = self.multipath.map_device(device.wwn) if device.multipath else None
+            # Also in single-path mode: multipathd may have built a map on our disk
+            # by itself (find_multipaths no); the disk cannot go while it holds it.
+            dm = self.multipath.map_device(device.wwn)
             progress("flushing")
-            flush_target = f"/dev/{dm}" if dm else device.path
-            if dm or not device.multipath:
-                lost |= self._flush(flush_target, force, warnings)
+            lost |= self._flush(f"/dev/{dm}" if dm else device.path, force, warnings)
             if dm:
                 progress("removing the multipath map")
                 lost |= await self._remove_map(device.wwn, dm, force=force, warnings=warnings)

@@ -8,6 +8,7 @@ iscsiadm command line, where `ps` would show them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from hostagent.models import Chap, Portal
 
 ISCSIADM = "iscsiadm"
 ETC_ISCSI = "/etc/iscsi"
+DB_ATTEMPTS = 3
 
 
 class IscsiErr(IntEnum):
@@ -125,6 +127,16 @@ class Iscsiadm:
         self.timeout = timeout
         self.node_db = self._node_db()
         self._iface_ready = False
+        self._db_lock: asyncio.Lock | None = None
+        self._db_loop: asyncio.AbstractEventLoop | None = None
+
+    def _db(self) -> asyncio.Lock:
+        """Serialises changes to the node db: parallel `iscsiadm -o new` for different
+        targets fail with IDBM (6) when one walks a record another is writing."""
+        loop = asyncio.get_running_loop()
+        if self._db_lock is None or self._db_loop is not loop:
+            self._db_lock, self._db_loop = asyncio.Lock(), loop
+        return self._db_lock
 
     def _node_db(self) -> str:
         # Debian/Ubuntu keep the node db in /etc/iscsi, RHEL in /var/lib/iscsi.
@@ -167,9 +179,14 @@ class Iscsiadm:
 
     async def create_node(self, iqn: str, portal: Portal, settings: Mapping[str, str]) -> None:
         """A node record under our iface, with `settings` (secrets included) written in."""
-        await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
-                         "-o", "new"])
-        self._edit(self.node_record(iqn, portal), settings)
+        async with self._db():
+            await self._run_db(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
+                                "-o", "new"])
+            self._edit(self.node_record(iqn, portal), settings)
+
+    async def update_node(self, iqn: str, portal: Portal, settings: Mapping[str, str]) -> None:
+        async with self._db():
+            self._edit(self.node_record(iqn, portal), settings)
 
     def node_record(self, iqn: str, portal: Portal) -> str:
         """The record file: '<ip>,<port>' when the TPGT is unknown (static records),
@@ -202,8 +219,9 @@ class Iscsiadm:
                          "--logout"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
 
     async def delete_node(self, iqn: str, portal: Portal) -> None:
-        await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
-                         "-o", "delete"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+        async with self._db():
+            await self._run_db(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
+                                "-o", "delete"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
 
     def _discovery_record(self, portal: Portal) -> str:
         for match in self.fs.glob(f"{ETC_ISCSI}/send_targets/{record_portal(portal)}/st_config"):
@@ -212,6 +230,19 @@ class Iscsiadm:
 
     def _edit(self, record: str, settings: Mapping[str, str]) -> None:
         self.fs.update_locked(record, lambda text: edit_record(text, settings))
+
+    async def _run_db(self, args: list[str], *,
+                      ok: tuple[int, ...] = (IscsiErr.SUCCESS,)) -> str:
+        """A node-db change; other processes (os-brick, an operator) may still race us,
+        so an IDBM failure is retried a few times."""
+        for attempt in range(DB_ATTEMPTS):
+            try:
+                return await self._run(args, ok=ok)
+            except CommandFailed as err:
+                if err.returncode != IscsiErr.IDBM or attempt + 1 == DB_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _run(self, args: list[str], *, ok: tuple[int, ...] = (IscsiErr.SUCCESS,),
                    timeout: float | None = None) -> str:

@@ -71,6 +71,9 @@ class PyudevWatcher:
         deadline = time.monotonic() + timeout
         try:
             while True:
+                # Cleared before the check: an event that lands during the check
+                # still wakes the wait below instead of being lost.
+                wake.clear()
                 value = check()
                 if value:
                     return value
@@ -78,7 +81,6 @@ class PyudevWatcher:
                 if remaining <= 0:
                     raise DeviceTimeout(f"timed out after {timeout:g} s waiting for {what}",
                                         waited_for=what, timeout=timeout)
-                wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), min(remaining, RECHECK_INTERVAL))
         finally:

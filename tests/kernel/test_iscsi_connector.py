@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostagent.connection_info import parse
 
+from hostagent.connection_info import parse
 from hostagent.connectors.iscsi import IscsiConnector
 from hostagent.errors import AuthenticationFailed
 from hostagent.host.executor import AsyncExecutor
@@ -231,15 +231,22 @@ def test_extend_after_the_lun_grew(array: IscsiArray, host: Host) -> None:
     asyncio.run(host.detach(export, device))
 
 
-def test_single_path_mode(array: IscsiArray, host: Host) -> None:
-    export = array.export_datera()
-    device = timed("attach_single_path", host, host.attach(export, multipath=False))
-    assert not device.multipath and device.path.startswith("/dev/sd")
-    assert len(device.paths) == 1 and len(probe.sessions()) == 1
-    assert export.wwid not in probe.maps()
-    check_data(device)
-    asyncio.run(host.detach(export, device))
-    assert_nothing_of(export)
+@pytest.mark.parametrize("policy", ["strict", "no"])
+def test_single_path_mode(array: IscsiArray, host: Host, policy: str) -> None:
+    guest_mod.set_find_multipaths(policy)
+    try:
+        export = array.export_datera()
+        device = timed("attach_single_path", host, host.attach(export, multipath=False))
+        assert not device.multipath and device.path.startswith("/dev/sd")
+        assert len(device.paths) == 1 and len(probe.sessions()) == 1
+        if policy == "strict":  # hostagent itself never asks for a map in this mode
+            assert export.wwid not in probe.maps()
+        else:  # multipathd takes any disk by itself; detach must still clean it up
+            raw.wait_map(export.wwid, 1)
+        asyncio.run(host.detach(export, device))
+        assert_nothing_of(export)
+    finally:
+        guest_mod.set_find_multipaths("no")
 
 
 def test_four_attaches_to_four_targets_at_once(array: IscsiArray, host: Host) -> None:
