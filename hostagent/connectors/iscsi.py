@@ -32,7 +32,7 @@ from hostagent.errors import (
 )
 from hostagent.host import scsi
 from hostagent.host.executor import Executor
-from hostagent.host.fs import HostFS
+from hostagent.host.fs import ETC_ISCSI, SYS_BLOCK, SYS_CLASS, HostFS, dev_node
 from hostagent.host.iscsiadm import Iscsiadm, chap_settings
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev, block_initialized
@@ -47,7 +47,7 @@ from hostagent.models import (
     VolumeSpec,
 )
 
-INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
+INITIATOR_FILE = f"{ETC_ISCSI}/initiatorname.iscsi"
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,9 @@ class IscsiConnector:
             progress("logging in")
             if multipath:
                 outcomes = await asyncio.gather(
-                    *(self._connect(t, vol) for t in targets), return_exceptions=True)
+                    *(self._connect(t, vol, progress) for t in targets), return_exceptions=True)
             else:
-                outcomes = await self._connect_first(targets, vol)
+                outcomes = await self._connect_first(targets, vol, progress)
             paths = [o for o in outcomes if isinstance(o, _Path)]
             failures = {str(t.portal): o for t, o in zip(targets, outcomes, strict=False)
                         if isinstance(o, BaseException)}
@@ -126,19 +126,20 @@ class IscsiConnector:
                               listed=sorted({d.iqn for d in found}))
         return targets
 
-    async def _connect_first(self, targets: Sequence[IscsiTarget],
-                             vol: IscsiVolume) -> list[_Path | BaseException]:
+    async def _connect_first(self, targets: Sequence[IscsiTarget], vol: IscsiVolume,
+                             progress: Progress) -> list[_Path | BaseException]:
         """Single-path mode: the first portal that gives a device, in the given order."""
         outcomes: list[_Path | BaseException] = []
         for target in targets:
             try:
-                outcomes.append(await self._connect(target, vol))
+                outcomes.append(await self._connect(target, vol, progress))
                 break
             except HostAgentError as err:
                 outcomes.append(err)
         return outcomes
 
-    async def _connect(self, target: IscsiTarget, vol: IscsiVolume) -> _Path:
+    async def _connect(self, target: IscsiTarget, vol: IscsiVolume,
+                       progress: Progress) -> _Path:
         iqn, portal = target.iqn, target.portal
         session = self._session(iqn, str(portal))
         if session is None:
@@ -156,7 +157,9 @@ class IscsiConnector:
                 raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
                                   "session", iqn=iqn, portal=str(portal))
         hctl = f"{session.host}:0:{session.target_id}:{target.lun}"
+        progress(f"scanning {hctl} ({portal})")
         sd, created = await self._scan(hctl, session.host, session.target_id, target)
+        progress(f"disk {sd} ready ({portal})")
         wwid = scsi.wwid(self.fs, hctl)
         if wwid is None:
             raise WwnMismatch(f"{sd} ({hctl}) reports no NAA/EUI identifier", hctl=hctl)
@@ -181,14 +184,14 @@ class IscsiConnector:
     async def _scan(self, hctl: str, host: int, target_id: int,
                     target: IscsiTarget) -> tuple[str, bool]:
         existing = scsi.disk_of(self.fs, hctl)
-        if existing and scsi.holders(self.fs, existing):
-            return existing, False  # in a map already; its WWN is checked with the others
-        if self.fs.exists(f"/sys/class/scsi_device/{hctl}"):
-            # Not ours and unused: a leftover, possibly of a LUN id the array has since
-            # given to another volume. Its cached identity cannot be trusted: rescan anew.
+        if existing and await self._keep_existing(hctl, existing):
+            return existing, False  # a live path of a map of this very LUN
+        if self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
+            # A leftover, possibly of a LUN id the array has since given to another
+            # volume: its cached identity cannot be trusted, so it is scanned anew.
             scsi.delete_device(self.fs, hctl)
         scsi.scan_lun(self.fs, host, 0, target_id, target.lun)
-        if not self.fs.exists(f"/sys/class/scsi_device/{hctl}"):
+        if not self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
             raise LunNotFound(f"{target.iqn} at {target.portal} has no LUN {target.lun} "
                               "for this initiator", iqn=target.iqn, portal=str(target.portal),
                               lun=target.lun)
@@ -201,6 +204,30 @@ class IscsiConnector:
                                   what=f"the disk of {hctl}")
         return sd, True
 
+    async def _keep_existing(self, hctl: str, sd: str) -> bool:
+        """Whether a disk already at our H:C:T:L is a valid path to keep.
+
+        A disk in a map is re-identified (rescan re-reads VPD 0x83): if the LUN now
+        answers with another WWID, the map serves a volume the array no longer
+        exports there. Such a stale map is removed (never if open) with its disk.
+        """
+        holders = [h for h in scsi.holders(self.fs, sd) if h.startswith("dm-")]
+        if not holders:
+            return False
+        map_wwid = (self.fs.try_read(f"{SYS_BLOCK}/{holders[0]}/dm/uuid") or "")
+        map_wwid = map_wwid.removeprefix("mpath-")
+        scsi.rescan_device(self.fs, hctl)
+        if scsi.wwid(self.fs, hctl) == map_wwid:
+            return True
+        try:
+            await self._remove_map(map_wwid, holders[0], force=False)
+        except DeviceBusy as err:
+            raise DeviceBusy(f"{sd} ({hctl}) is held by map {map_wwid}, which is open, but "
+                             "the LUN now reports another WWID: the array reused the LUN id "
+                             "of a volume still in use on this host", hctl=hctl,
+                             stale_map=map_wwid) from err
+        return False
+
     async def _finish(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...],
                       paths: list[_Path], failures: dict[str, BaseException],
                       multipath: bool, progress: Progress) -> Device:
@@ -211,11 +238,11 @@ class IscsiConnector:
         infos = tuple(p.info for p in paths)
         if not multipath:
             sd = paths[0].info.device
-            return Device(f"/dev/{sd}", wwid, infos, False, missing,
+            return Device(dev_node(sd), wwid, infos, False, missing,
                           scsi.size_bytes(self.fs, sd), targets)
         progress("building the multipath map")
         dm = await self._build_map(wwid, [p.info.device for p in paths])
-        return Device(f"/dev/{dm}", wwid, infos, True, missing,
+        return Device(dev_node(dm), wwid, infos, True, missing,
                       scsi.size_bytes(self.fs, dm), targets)
 
     async def _build_map(self, wwid: str, devices: list[str]) -> str:
@@ -227,7 +254,7 @@ class IscsiConnector:
             dm = self.multipath.map_device(wwid)
             if dm is None or not block_initialized(self.fs, dm):
                 return None
-            slaves = set(self.fs.listdir(f"/sys/block/{dm}/slaves"))
+            slaves = set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves"))
             return dm if slaves >= set(devices) else None
 
         return await self.udev.wait(ready, timeout=self.options.device_timeout,
@@ -238,7 +265,7 @@ class IscsiConnector:
         wwids = {p.wwid for p in paths}
         for wwid in wwids:
             dm = self.multipath.map_device(wwid)
-            if dm and set(self.fs.listdir(f"/sys/block/{dm}/slaves")) <= {
+            if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
                     p.device for p in created}:
                 await self._remove_map(wwid, dm, force=True)
                 self.multipath.forget_wwid(wwid)
@@ -257,7 +284,7 @@ class IscsiConnector:
             # by itself (find_multipaths no); the disk cannot go while it holds it.
             dm = self.multipath.map_device(device.wwn)
             progress("flushing")
-            lost |= self._flush(f"/dev/{dm}" if dm else device.path, force, warnings)
+            lost |= self._flush(dev_node(dm) if dm else device.path, force, warnings)
             if dm:
                 progress("removing the multipath map")
                 lost |= await self._remove_map(device.wwn, dm, force=force, warnings=warnings)
@@ -296,16 +323,16 @@ class IscsiConnector:
             await self.multipath.force_remove(wwid)
             if warnings is not None:
                 warnings.append(f"map {wwid} was in use; removed by force: data may be lost")
-            await self._wait_gone([f"/sys/block/{dm}"], f"map {wwid}")
+            await self._wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
             return True
-        await self._wait_gone([f"/sys/block/{dm}"], f"map {wwid}")
+        await self._wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
         return False
 
     async def _delete_disks(self, paths: Sequence[PathInfo]) -> None:
         for p in paths:
             # Deleting a SCSI device is synchronous; the wait covers udev's removal.
             scsi.delete_device(self.fs, p.hctl)
-        await self._wait_gone([f"/sys/class/scsi_device/{p.hctl}" for p in paths], "the disks")
+        await self._wait_gone([f"{SYS_CLASS}/scsi_device/{p.hctl}" for p in paths], "the disks")
 
     async def _wait_gone(self, sys_paths: list[str], what: str) -> None:
         await self.udev.wait(lambda: not any(self.fs.exists(p) for p in sys_paths) or None,
@@ -403,11 +430,12 @@ def _describe(err: BaseException) -> str:
 
 
 def _no_path_error(vol: IscsiVolume, failures: dict[str, BaseException]) -> BaseException:
-    for err in failures.values():
+    errors = list(failures.values())
+    for err in errors:
         if isinstance(err, AuthenticationFailed):
             return err
-    if len(failures) == 1:
-        return next(iter(failures.values()))
+    if len({type(err) for err in errors}) == 1:
+        return errors[0]  # every path failed alike: that error says it best
     return LoginFailed("no path to the volume: " + "; ".join(
         f"{p}: {_describe(e)}" for p, e in failures.items()),
         portals=sorted(failures), volume_id=vol.volume_id)

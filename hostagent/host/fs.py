@@ -14,9 +14,19 @@ from pathlib import Path
 
 BLKFLSBUF = 0x1261  # linux/fs.h: flush a block device's buffer cache
 
-SYS = "/sys"
+# The host locations hostagent knows; every other module builds paths from these.
+SYS_BLOCK = "/sys/block"
+SYS_CLASS = "/sys/class"
 DEV = "/dev"
-ETC = "/etc"
+ETC_ISCSI = "/etc/iscsi"
+VAR_LIB_ISCSI = "/var/lib/iscsi"  # RHEL's node db
+ETC_MULTIPATH = "/etc/multipath"
+UDEV_DB = "/run/udev/data"
+
+
+def dev_node(name: str) -> str:
+    """/dev/<name> of a kernel block device name (sdX, dm-N)."""
+    return f"{DEV}/{name}"
 
 
 class HostFS:

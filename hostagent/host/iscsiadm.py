@@ -22,11 +22,10 @@ from hostagent.errors import (
     LoginFailed,
 )
 from hostagent.host.executor import Executor
-from hostagent.host.fs import HostFS
+from hostagent.host.fs import ETC_ISCSI, VAR_LIB_ISCSI, HostFS
 from hostagent.models import Chap, Portal
 
 ISCSIADM = "iscsiadm"
-ETC_ISCSI = "/etc/iscsi"
 DB_ATTEMPTS = 3
 
 
@@ -140,7 +139,7 @@ class Iscsiadm:
 
     def _node_db(self) -> str:
         # Debian/Ubuntu keep the node db in /etc/iscsi, RHEL in /var/lib/iscsi.
-        for candidate in (f"{ETC_ISCSI}/nodes", "/var/lib/iscsi/nodes"):
+        for candidate in (f"{ETC_ISCSI}/nodes", f"{VAR_LIB_ISCSI}/nodes"):
             if self.fs.exists(candidate):
                 return candidate
         return f"{ETC_ISCSI}/nodes"

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 from hostagent.errors import DaemonUnavailable, DeviceBusy, HostCommandError
 from hostagent.host.executor import Executor
-from hostagent.host.fs import HostFS
+from hostagent.host.fs import ETC_MULTIPATH, SYS_BLOCK, HostFS
 
 MULTIPATHD_SOCKET = "\0/org/kernel/linux/storage/multipathd"
-WWIDS_FILE = "/etc/multipath/wwids"
+WWIDS_FILE = f"{ETC_MULTIPATH}/wwids"
 _LEN = struct.Struct("N")  # size_t, native: what libmpathcmd writes
 _MAX_REPLY = 32 * 1024 * 1024  # libmpathcmd's MAX_REPLY_LEN
 WWIDS_HEADER = (
@@ -148,8 +148,8 @@ class Multipath:
 
     def map_device(self, wwid: str) -> str | None:
         """dm-N of the multipath map for `wwid`, from sysfs."""
-        for name in self.fs.listdir("/sys/block"):
+        for name in self.fs.listdir(f"{SYS_BLOCK}"):
             if name.startswith("dm-") and \
-                    self.fs.try_read(f"/sys/block/{name}/dm/uuid") == f"mpath-{wwid}":
+                    self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") == f"mpath-{wwid}":
                 return name
         return None

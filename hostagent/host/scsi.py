@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hostagent.host.fs import HostFS
+from hostagent.host.fs import SYS_CLASS, HostFS
 from hostagent.models import Portal
 
 _SESSION_HOST = re.compile(r"/host(\d+)/session(\d+)/iscsi_session/")
@@ -32,11 +32,11 @@ class IscsiSession:
 
 def iscsi_sessions(fs: HostFS) -> list[IscsiSession]:
     sessions = []
-    for name in fs.listdir("/sys/class/iscsi_session"):
-        base = f"/sys/class/iscsi_session/{name}"
+    for name in fs.listdir(f"{SYS_CLASS}/iscsi_session"):
+        base = f"{SYS_CLASS}/iscsi_session/{name}"
         m = _SESSION_HOST.search(fs.realpath(base) + "/")
         iqn = fs.try_read(f"{base}/targetname")
-        conn = f"/sys/class/iscsi_connection/connection{name[7:]}:0"
+        conn = f"{SYS_CLASS}/iscsi_connection/connection{name[7:]}:0"
         address = fs.try_read(f"{conn}/persistent_address")
         port = fs.try_read(f"{conn}/persistent_port")
         if not (m and iqn and address and port):
@@ -51,22 +51,22 @@ def iscsi_sessions(fs: HostFS) -> list[IscsiSession]:
 
 def scan_lun(fs: HostFS, host: int, channel: int, target_id: int, lun: int) -> None:
     """Scan exactly one LUN: never the '- - -' wildcard that probes the whole bus."""
-    fs.write(f"/sys/class/scsi_host/host{host}/scan", f"{channel} {target_id} {lun}")
+    fs.write(f"{SYS_CLASS}/scsi_host/host{host}/scan", f"{channel} {target_id} {lun}")
 
 
 def devices_on_host(fs: HostFS, host: int) -> list[str]:
     """H:C:T:L of every SCSI device on a host."""
-    return [d for d in fs.listdir("/sys/class/scsi_device") if d.split(":")[0] == str(host)]
+    return [d for d in fs.listdir(f"{SYS_CLASS}/scsi_device") if d.split(":")[0] == str(host)]
 
 
 def disk_of(fs: HostFS, hctl: str) -> str | None:
     """The sd block device of a SCSI device, once the sd driver has bound it."""
-    blocks = fs.listdir(f"/sys/class/scsi_device/{hctl}/device/block")
+    blocks = fs.listdir(f"{SYS_CLASS}/scsi_device/{hctl}/device/block")
     return blocks[0] if blocks else None
 
 
 def device_state(fs: HostFS, hctl: str) -> str | None:
-    return fs.try_read(f"/sys/class/scsi_device/{hctl}/device/state")
+    return fs.try_read(f"{SYS_CLASS}/scsi_device/{hctl}/device/state")
 
 
 def wwid(fs: HostFS, hctl: str) -> str | None:
@@ -75,7 +75,7 @@ def wwid(fs: HostFS, hctl: str) -> str | None:
     sysfs gives the best designator as 'naa.<hex>' or 'eui.<hex>'; udev's
     scsi_id prefixes the designator type: 3 for NAA, 2 for EUI-64.
     """
-    raw = fs.try_read(f"/sys/class/scsi_device/{hctl}/device/wwid")
+    raw = fs.try_read(f"{SYS_CLASS}/scsi_device/{hctl}/device/wwid")
     if raw is None:
         return None
     kind, _, value = raw.partition(".")
@@ -84,19 +84,19 @@ def wwid(fs: HostFS, hctl: str) -> str | None:
 
 
 def delete_device(fs: HostFS, hctl: str) -> None:
-    path = f"/sys/class/scsi_device/{hctl}/device/delete"
+    path = f"{SYS_CLASS}/scsi_device/{hctl}/device/delete"
     if fs.exists(path):
         fs.write(path, "1")
 
 
 def rescan_device(fs: HostFS, hctl: str) -> None:
-    fs.write(f"/sys/class/scsi_device/{hctl}/device/rescan", "1")
+    fs.write(f"{SYS_CLASS}/scsi_device/{hctl}/device/rescan", "1")
 
 
 def holders(fs: HostFS, block: str) -> list[str]:
-    return fs.listdir(f"/sys/class/block/{block}/holders")
+    return fs.listdir(f"{SYS_CLASS}/block/{block}/holders")
 
 
 def size_bytes(fs: HostFS, block: str) -> int:
-    sectors = fs.try_read(f"/sys/class/block/{block}/size")
+    sectors = fs.try_read(f"{SYS_CLASS}/block/{block}/size")
     return int(sectors) * 512 if sectors else 0

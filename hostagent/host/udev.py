@@ -16,12 +16,11 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from hostagent.errors import DeviceTimeout
-from hostagent.host.fs import HostFS
+from hostagent.host.fs import SYS_CLASS, UDEV_DB, HostFS
 
 T = TypeVar("T")
 log = logging.getLogger("hostagent.host")
 
-UDEV_DB = "/run/udev/data"
 # The netlink socket can drop events under a burst (ENOBUFS); a slow recheck
 # keeps a lost event from turning into a full timeout.
 RECHECK_INTERVAL = 2.0
@@ -33,7 +32,7 @@ class Udev(Protocol):
 
 def block_initialized(fs: HostFS, name: str) -> bool:
     """udev has processed block device `name` (its database entry exists)."""
-    dev = fs.try_read(f"/sys/class/block/{name}/dev")
+    dev = fs.try_read(f"{SYS_CLASS}/block/{name}/dev")
     return dev is not None and fs.exists(f"{UDEV_DB}/b{dev}")
 
 

@@ -48,7 +48,17 @@ class Host:
         return self.executor.calls
 
     async def attach(self, export: Export, multipath: bool = True) -> Device:
-        return await self.connector.attach(parse(export.connection_info), multipath=multipath)
+        start = time.monotonic()
+        timeline: list[str] = []
+
+        def progress(phase: str) -> None:
+            timeline.append(f"{time.monotonic() - start:6.3f} {phase}")
+
+        device = await self.connector.attach(parse(export.connection_info),
+                                             multipath=multipath, progress=progress)
+        timeline.append(f"{time.monotonic() - start:6.3f} done")
+        METRICS.setdefault("timelines", []).append(timeline)
+        return device
 
     async def detach(self, export: Export, device: Device) -> None:
         result = await self.connector.detach(parse(export.connection_info), device)

@@ -174,6 +174,8 @@ class FakeHostFS(HostFS):
             self._scan(int(parts[4][4:]), value)
         elif host_path.startswith("/sys/class/scsi_device/") and parts[-1] == "delete":
             self.kernel.delete_disk(parts[4])
+        elif host_path.startswith("/sys/class/scsi_device/") and parts[-1] == "rescan":
+            self._reidentify(parts[4])
         else:
             super().write(host_path, value)
 
@@ -185,6 +187,13 @@ class FakeHostFS(HostFS):
         wwid = self.kernel.luns.get((iqn, lun))
         if wwid and not self.exists(f"/sys/class/scsi_device/{host}:0:0:{lun}"):
             self.kernel.add_disk(host, lun, wwid)
+
+    def _reidentify(self, hctl: str) -> None:
+        """A rescan re-reads VPD 0x83: the disk now reports what the array has there."""
+        host, _, _, lun = hctl.split(":")
+        iqn = (self.path(f"/sys/class/iscsi_session/session{host}") / "targetname").read_text()
+        wwid = self.kernel.luns[(iqn, int(lun))]
+        (self.path(f"/sys/class/scsi_device/{hctl}/device") / "wwid").write_text("naa." + wwid[1:])
 
     def flush_buffers(self, dev_path: str) -> None:
         assert self.exists(dev_path), f"flush of missing {dev_path}"

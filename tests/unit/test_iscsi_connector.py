@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hostagent.connectors.iscsi import IscsiConnector
-from hostagent.errors import AuthenticationFailed, InvalidRequest, WwnMismatch
+from hostagent.errors import AuthenticationFailed, DeviceBusy, InvalidRequest, WwnMismatch
 from hostagent.models import Chap, Device, FcVolume, IscsiTarget, IscsiVolume, Portal
 from tests.unit.fakehost import RECORD, FakeHostFS, FakeKernel, FakeMultipathd, FakeUdev
 from tests.unit.fakes import FakeExecutor
@@ -181,6 +181,33 @@ def test_a_stale_disk_at_the_same_lun_is_replaced(host: Host) -> None:
     assert device.wwn == new
     assert all(host.fs.read(f"/sys/class/scsi_device/{p.hctl}/device/wwid") == "naa." + new[1:]
                for p in device.paths)
+
+
+def _k2_lun1_then_reused(host: Host) -> str:
+    host.kernel.luns[(K2, 1)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(K2, p)
+        host.expect_login(K2, p)
+    host.attach(k2(1))
+    new = WWID[:-1] + "5"
+    host.kernel.luns[(K2, 1)] = new  # the array gives LUN 1 to another volume
+    return new
+
+
+def test_a_map_whose_lun_changed_identity_is_removed_not_reused(host: Host) -> None:
+    new = _k2_lun1_then_reused(host)
+    device = host.attach(k2(1))
+    assert device.wwn == new and host.kernel.dm_of(WWID) is None
+    assert f"del map {WWID}" in host.mpd.commands
+
+
+def test_a_stale_map_that_is_open_is_refused(host: Host) -> None:
+    _k2_lun1_then_reused(host)
+    host.mpd.busy.add(WWID)
+    with pytest.raises(DeviceBusy) as err:
+        host.attach(k2(1))
+    assert err.value.details["stale_map"] == WWID
+    assert host.kernel.dm_of(WWID) is not None  # never touched
 
 
 def test_bad_input_runs_nothing(host: Host) -> None:
