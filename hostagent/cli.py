@@ -1,16 +1,243 @@
-"""Entry point of `hostagent-cli` (its commands land with the daemon issue)."""
+"""hostagent-cli: attach, detach, list, show, extend and connector over the agent's socket.
+
+Exit statuses are named in hostagent.exitcodes; `--json` prints the API's answers
+(errors included) as JSON on stdout. While an attach or detach runs, its phases
+are shown on stderr.
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import os
 import sys
+import time
+import uuid
+from typing import Any, TextIO
 
 from hostagent import __version__
+from hostagent.client import Client, ClientError
+from hostagent.config import Config
+from hostagent.exitcodes import ExitCode
 
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: the command is not there yet
+SOCKET_ENV = "HOSTAGENT_SOCKET"
+POLL_INTERVAL = 0.25  # s between progress reads; only while a command waits
+
+
+def _read_text(source: str, what: str) -> str:
+    try:
+        if source == "-":
+            return sys.stdin.read()
+        with open(source) as f:
+            return f.read()
+    except OSError as err:
+        raise ClientError(f"cannot read {what} from {source}: {err.strerror}",
+                          ExitCode.INVALID, code="invalid_request") from None
+
+
+def _chap_secret(args: argparse.Namespace) -> str:
+    if args.chap_secret_file:
+        secret = _read_text(args.chap_secret_file, "the CHAP secret").strip()
+    elif sys.stdin.isatty():
+        secret = getpass.getpass(f"CHAP secret for {args.chap_user}: ")
+    else:
+        raise ClientError("--chap-user needs --chap-secret-file (or a terminal to prompt on); "
+                          "a secret is never taken from the command line", ExitCode.INVALID,
+                          code="invalid_request")
+    if not secret:
+        raise ClientError("the CHAP secret is empty", ExitCode.INVALID, code="invalid_request")
+    return secret
+
+
+def connection_info(args: argparse.Namespace) -> dict[str, Any]:
+    if args.connection_info:
+        text = _read_text(args.connection_info, "connection_info")
+        try:
+            info = json.loads(text)
+        except ValueError as err:
+            raise ClientError(f"connection_info is not valid JSON: {err}", ExitCode.INVALID,
+                              code="invalid_request") from None
+        if not isinstance(info, dict):
+            raise ClientError("connection_info must be a JSON object", ExitCode.INVALID,
+                              code="invalid_request")
+        return info
+    if not (args.portal and args.iqn and args.lun is not None):
+        raise ClientError("give --connection-info FILE|- or all of --portal, --iqn and --lun",
+                          ExitCode.INVALID, code="invalid_request")
+    n = len(args.portal)
+    data: dict[str, Any] = {"target_discovered": args.discover}
+    if args.discover:
+        if n != 1:
+            raise ClientError("--discover takes a single --portal", ExitCode.INVALID,
+                              code="invalid_request")
+        data.update(target_portal=args.portal[0], target_iqn=args.iqn, target_lun=args.lun)
+    else:
+        data.update(target_portals=args.portal, target_iqns=[args.iqn] * n,
+                    target_luns=[args.lun] * n)
+    if args.chap_user:
+        data.update(auth_method="CHAP", auth_username=args.chap_user,
+                    auth_password=_chap_secret(args))
+    return {"driver_volume_type": "iscsi", "data": data}
+
+
+# ---- output -------------------------------------------------------------------------
+
+def _describe(att: dict[str, Any]) -> str:
+    dev = att.get("device") or {}
+    line = f"{att['id']}: {att['status']}"
+    if dev:
+        line += f" {dev['path']} wwn {dev['wwn']}, {len(dev['paths'])} path(s)"
+    if att.get("last_error"):
+        line += f" ({att['last_error'].get('code')}: {att['last_error'].get('message')})"
+    for missing in dev.get("missing", []):
+        line += f"\n  missing path: {missing}"
+    return line
+
+
+def table(attachments: list[dict[str, Any]]) -> str:
+    rows = [("ID", "STATUS", "DEVICE", "WWN", "PATHS", "VOLUME")]
+    for a in attachments:
+        dev = a.get("device") or {}
+        paths = f"{len(dev.get('paths', []))}" + (f" (-{len(dev['missing'])})"
+                                                  if dev.get("missing") else "")
+        rows.append((a["id"], a["status"] + (f" [{a['phase']}]" if a.get("phase") else ""),
+                     dev.get("path", "-"), dev.get("wwn", "-"), paths if dev else "-",
+                     a.get("volume_id") or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+class Progress:
+    """Shows the phases of a running operation, read from GET /v1/attachments/{id}."""
+
+    def __init__(self, client: Client, attachment_id: str, out: TextIO) -> None:
+        self.client, self.attachment_id, self.out = client, attachment_id, out
+        self.start = time.monotonic()
+
+    async def follow(self) -> None:
+        seen = None
+        while True:
+            with contextlib.suppress(ClientError):
+                _, att = await self.client.request("GET", f"/v1/attachments/{self.attachment_id}")
+                phase = att.get("phase")
+                if phase and phase != seen:
+                    print(f"  {time.monotonic() - self.start:6.2f}s  {phase}", file=self.out,
+                          flush=True)
+                    seen = phase
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+async def _with_progress(client: Client, attachment_id: str, show: bool,
+                         method: str, path: str, **kw: Any) -> tuple[int, Any]:
+    if not show:
+        return await client.request(method, path, **kw)
+    follower = asyncio.ensure_future(Progress(client, attachment_id, sys.stderr).follow())
+    try:
+        return await client.request(method, path, **kw)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+
+
+# ---- commands -----------------------------------------------------------------------
+
+async def run(args: argparse.Namespace) -> tuple[Any, str]:
+    """The JSON answer and its human form."""
+    show = not args.json
+    async with Client(args.socket) as client:
+        if args.command == "attach":
+            att_id = args.id or str(uuid.uuid4())
+            body: dict[str, Any] = {"attachment_id": att_id,
+                                    "connection_info": connection_info(args)}
+            if args.volume_id:
+                body["volume_id"] = args.volume_id
+            options: dict[str, Any] = {}
+            if args.multipath is not None:
+                options["multipath"] = args.multipath
+            if args.timeout:
+                options["timeout"] = args.timeout
+            if options:
+                body["options"] = options
+            status, att = await _with_progress(client, att_id, show, "POST", "/v1/attachments",
+                                               body=body)
+            verb = "attached" if status == 201 else "already attached"
+            return att, f"{verb} {_describe(att)}"
+        if args.command == "detach":
+            _, att = await _with_progress(
+                client, args.id, show, "DELETE", f"/v1/attachments/{args.id}",
+                query={"force": "true"} if args.force else None)
+            return att, _describe(att)
+        if args.command == "extend":
+            _, att = await client.request("POST", f"/v1/attachments/{args.id}/extend")
+            return att, f"{_describe(att)}, {att['device']['size_bytes']} bytes"
+        if args.command == "show":
+            _, att = await client.request("GET", f"/v1/attachments/{args.id}")
+            return att, json.dumps(att, indent=2)
+        if args.command == "list":
+            _, answer = await client.request("GET", "/v1/attachments")
+            return answer, table(answer["attachments"])
+        _, props = await client.request("GET", "/v1/connector")
+        return props, "\n".join(f"{k}: {v}" for k, v in sorted(props.items()))
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the API's JSON answer")
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help=f"the agent's socket (default ${SOCKET_ENV} or {Config.socket})")
+    p = argparse.ArgumentParser(prog="hostagent-cli", parents=[common],
+                                description="Attach and detach SAN volumes through hostagent.")
+    p.add_argument("--version", action="version", version=f"hostagent-cli {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("attach", parents=[common], help="attach a volume")
+    a.add_argument("--connection-info", metavar="FILE|-",
+                   help="Cinder's connection_info as JSON (- reads stdin)")
+    a.add_argument("--portal", action="append", help="ip[:port]; repeat for every portal")
+    a.add_argument("--iqn")
+    a.add_argument("--lun", type=int)
+    a.add_argument("--discover", action="store_true",
+                   help="SendTargets on the one --portal finds the others")
+    a.add_argument("--chap-user")
+    a.add_argument("--chap-secret-file", metavar="FILE|-",
+                   help="the CHAP secret (prompted for when absent and on a terminal)")
+    a.add_argument("--id", help="attachment id (makes a retry safe; a new UUID by default)")
+    a.add_argument("--volume-id")
+    a.add_argument("--multipath", dest="multipath", action="store_true", default=None)
+    a.add_argument("--no-multipath", dest="multipath", action="store_false")
+    a.add_argument("--timeout", type=float, help="seconds before the attach is undone")
+    d = sub.add_parser("detach", parents=[common], help="detach an attachment")
+    d.add_argument("id")
+    d.add_argument("--force", action="store_true",
+                   help="go on past a failed flush or a busy map (data may be lost)")
+    for name, text in (("show", "one attachment as JSON"), ("extend", "resize after a grow")):
+        sub.add_parser(name, parents=[common], help=text).add_argument("id")
+    sub.add_parser("list", parents=[common], help="attachments as a table")
+    sub.add_parser("connector", parents=[common], help="os-brick's connector properties")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hostagent-cli", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"hostagent-cli {__version__}")
-    parser.parse_args(argv)
-    print("hostagent-cli: no commands yet (see the daemon issue)", file=sys.stderr)
-    return EXIT_UNAVAILABLE
+    args = parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    args.socket = getattr(args, "socket", None) or os.environ.get(SOCKET_ENV) or Config.socket
+    try:
+        answer, text = asyncio.run(run(args))
+    except ClientError as err:
+        if args.json:
+            print(json.dumps(err.to_dict(), indent=2))
+        print(f"hostagent-cli: {err.message}", file=sys.stderr)
+        if err.details.get("field"):
+            print(f"  field: {err.details['field']}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("hostagent-cli: interrupted; the agent finishes the operation on its own "
+              "(see 'hostagent-cli list')", file=sys.stderr)
+        return ExitCode.FAILED
+    print(json.dumps(answer, indent=2) if args.json else text)
+    return ExitCode.OK

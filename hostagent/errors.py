@@ -143,3 +143,34 @@ class LunNotFound(HostAgentError):
 
     code = "lun_not_found"
     http_status = 502
+
+
+class Forbidden(HostAgentError):
+    """The peer on the agent's socket is not on the allow-list."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class OperationInProgress(Conflict):
+    """Another operation on the same attachment is still running."""
+
+    code = "operation_in_progress"
+    retryable = True
+
+
+class InvalidConfig(HostAgentError):
+    """The configuration file is wrong; `details["option"]` names the option."""
+
+    code = "invalid_config"
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}", option=option)
+        self.option = option
+
+
+class DeviceVanished(HostAgentError):
+    """An attached volume's device is no longer on the host."""
+
+    code = "device_vanished"
+    http_status = 410

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -108,3 +110,65 @@ class Device:
 class DetachResult:
     data_may_be_lost: bool = False  # force went on past a failed flush or a busy map
     warnings: tuple[str, ...] = ()
+
+
+class Status(StrEnum):
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    DETACHING = "detaching"
+    FAILED = "failed"  # the attach failed and was undone, or the device vanished
+    DETACHED = "detached"  # kept a while so a retried detach gets an answer
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One volume attachment as the agent remembers it (secrets removed)."""
+
+    id: str
+    protocol: str  # "iscsi" or "fibre_channel"
+    connection_info: dict[str, Any]  # the controller's, without CHAP secrets
+    multipath: bool
+    digest: str  # keyed hash of the request: a retry matches it, a conflicting request not
+    status: Status
+    created_at: float
+    updated_at: float
+    volume_id: str | None = None
+    phase: str | None = None  # the step an operation is at, for progress
+    device: Device | None = None
+    last_error: dict[str, Any] | None = None
+    force: bool = False  # the detach in progress was asked with force
+
+
+# ---- JSON forms (state database and API) --------------------------------------------
+
+def device_to_dict(device: Device) -> dict[str, Any]:
+    return {
+        "path": device.path, "wwn": device.wwn, "multipath": device.multipath,
+        "size_bytes": device.size_bytes, "missing": list(device.missing),
+        "paths": [{"device": p.device, "hctl": p.hctl, "portal": p.portal, "target": p.target}
+                  for p in device.paths],
+        "iscsi_targets": [{"portal": str(t.portal), "iqn": t.iqn, "lun": t.lun}
+                          for t in device.iscsi_targets],
+    }
+
+
+def device_from_dict(d: dict[str, Any]) -> Device:
+    return Device(
+        path=d["path"], wwn=d["wwn"], multipath=d["multipath"], size_bytes=d["size_bytes"],
+        missing=tuple(d["missing"]),
+        paths=tuple(PathInfo(p["device"], p["hctl"], p["portal"], p["target"])
+                    for p in d["paths"]),
+        iscsi_targets=tuple(IscsiTarget(Portal.parse(t["portal"]), t["iqn"], t["lun"])
+                            for t in d["iscsi_targets"]),
+    )
+
+
+def attachment_to_dict(att: Attachment) -> dict[str, Any]:
+    """The API's view: everything but the request digest."""
+    return {
+        "id": att.id, "volume_id": att.volume_id, "protocol": att.protocol,
+        "status": att.status.value, "phase": att.phase, "multipath": att.multipath,
+        "device": device_to_dict(att.device) if att.device else None,
+        "connection_info": att.connection_info, "last_error": att.last_error,
+        "created_at": att.created_at, "updated_at": att.updated_at,
+    }

@@ -97,11 +97,17 @@ class IscsiConnector:
         targets = await self._resolve(vol, multipath, progress)
         async with self.locks.hold(t.iqn for t in targets):
             progress("logging in")
-            if multipath:
-                outcomes = await asyncio.gather(
-                    *(self._connect(t, vol, progress) for t in targets), return_exceptions=True)
-            else:
-                outcomes = await self._connect_first(targets, vol, progress)
+            try:
+                if multipath:
+                    outcomes = await asyncio.gather(
+                        *(self._connect(t, vol, progress) for t in targets),
+                        return_exceptions=True)
+                else:
+                    outcomes = await self._connect_first(targets, vol, progress)
+            except BaseException:
+                # Cut off mid-login (a timeout, a shutdown): what exists is found anew.
+                await self._undo(vol, targets)
+                raise
             paths = [o for o in outcomes if isinstance(o, _Path)]
             failures = {str(t.portal): o for t, o in zip(targets, outcomes, strict=False)
                         if isinstance(o, BaseException)}
@@ -262,8 +268,7 @@ class IscsiConnector:
 
     async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[_Path]) -> None:
         created = [p.info for p in paths if p.created]
-        wwids = {p.wwid for p in paths}
-        for wwid in wwids:
+        for wwid in {p.wwid for p in paths if p.wwid}:
             dm = self.multipath.map_device(wwid)
             if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
                     p.device for p in created}:
@@ -271,6 +276,46 @@ class IscsiConnector:
                 self.multipath.forget_wwid(wwid)
         await self._delete_disks(created)
         await self._release_sessions(targets)
+
+    # ---- recovery after a crash ---------------------------------------------------
+    async def recover(self, spec: VolumeSpec) -> None:
+        """Undo an attach the agent did not live to finish, knowing only its spec.
+
+        Whatever of this volume's LUN sits on hostagent's own sessions is taken
+        away (its map, its disks), then every session and node record of the
+        volume's targets that no other LUN uses. Others' sessions are not looked at.
+        """
+        vol = _expect_iscsi(spec)
+        async with self.locks.hold(vol.iqns):
+            await self._undo(vol, vol.targets)
+
+    async def _undo(self, vol: IscsiVolume, targets: Sequence[IscsiTarget]) -> None:
+        """What exists of `vol` on our sessions goes: its disks and map, then the
+        sessions and node records of its targets that no other LUN uses."""
+        lun_of = {t.iqn: t.lun for t in vol.targets}
+        sessions = [s for s in scsi.iscsi_sessions(self.fs)
+                    if s.iface == self.options.iface and s.iqn in lun_of]
+        paths = []
+        for s in sessions:
+            hctl = f"{s.host}:0:{s.target_id}:{lun_of[s.iqn]}"
+            if self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
+                info = PathInfo(scsi.disk_of(self.fs, hctl) or "", hctl, str(s.portal), s.iqn)
+                paths.append(_Path(info, scsi.wwid(self.fs, hctl) or "", True))
+        await self._rollback(_unique([
+            *targets,
+            *(IscsiTarget(s.portal, s.iqn, lun_of[s.iqn]) for s in sessions),
+            *(IscsiTarget(p, iqn, lun) for iqn, lun in lun_of.items()
+              for p in self.iscsiadm.node_portals(iqn))]), paths)
+        for wwid in {p.wwid for p in paths if p.wwid}:
+            if self.multipath.map_device(wwid) is None:
+                self.multipath.forget_wwid(wwid)
+
+    def present(self, device: Device) -> bool:
+        """Whether an attached volume's device is still on the host, as the same volume."""
+        if device.multipath:
+            return self.multipath.map_device(device.wwn) is not None
+        return any(scsi.disk_of(self.fs, p.hctl) == p.device
+                   and scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
 
     # ---- detach ----------------------------------------------------------------
     async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,

@@ -22,6 +22,11 @@ ETC_ISCSI = "/etc/iscsi"
 VAR_LIB_ISCSI = "/var/lib/iscsi"  # RHEL's node db
 ETC_MULTIPATH = "/etc/multipath"
 UDEV_DB = "/run/udev/data"
+PROC = "/proc"
+# The agent's own places (defaults of its configuration).
+ETC_HOSTAGENT = "/etc/hostagent"
+RUN_HOSTAGENT = "/run/hostagent"
+VAR_LIB_HOSTAGENT = "/var/lib/hostagent"
 
 
 def dev_node(name: str) -> str:

@@ -205,6 +205,21 @@ class Iscsiadm:
             return False
         return True
 
+    def node_portals(self, iqn: str) -> list[Portal]:
+        """The portals of our node records for `iqn` (flat 'ip,port' files made
+        static, 'ip,port,tpgt/<iface>' made after discovery)."""
+        portals = []
+        for entry in self.fs.listdir(f"{self.node_db}/{iqn}"):
+            host, _, rest = entry.partition(",")
+            port = rest.split(",")[0]
+            record = f"{self.node_db}/{iqn}/{entry}"
+            ours = (self.fs.exists(f"{record}/{self.iface}") if "," in rest else
+                    f"iface.iscsi_ifacename = {self.iface}" in
+                    (self.fs.try_read(record) or "").splitlines())
+            if ours and port.isdigit():
+                portals.append(Portal(host, int(port)))
+        return portals
+
     async def login(self, iqn: str, portal: Portal, *, mutual_chap: bool, timeout: float) -> None:
         try:
             await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,

@@ -7,67 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hostagent.connectors.iscsi import IscsiConnector
 from hostagent.errors import AuthenticationFailed, DeviceBusy, InvalidRequest, WwnMismatch
-from hostagent.models import Chap, Device, FcVolume, IscsiTarget, IscsiVolume, Portal
-from tests.unit.fakehost import RECORD, FakeHostFS, FakeKernel, FakeMultipathd, FakeUdev
-from tests.unit.fakes import FakeExecutor
-
-IQN = "iqn.2013-05.com.daterainc:tc:01:sn:0123456789abcdef"
-K2 = "iqn.2009-01.com.kaminario:storage.k2.abc123"
-P1, P2 = "127.0.0.1:3260", "10.99.0.2:3260"
-WWID = "36001405" + "0123456789abcdef012345678"
-CHAP = Chap("alice", "chap-secret-1")
-
-
-class Host:
-    def __init__(self, tmp_path: Path) -> None:
-        self.kernel = FakeKernel(tmp_path)
-        self.fs = FakeHostFS(self.kernel)
-        self.executor = FakeExecutor()
-        self.mpd = FakeMultipathd(self.kernel)
-        self.connector = IscsiConnector(self.executor, self.fs, FakeUdev(), self.mpd)
-        self.kernel.write("/etc/iscsi/ifaces/hostagent", "iface.iscsi_ifacename = hostagent\n")
-
-    def record(self, iqn: str, portal: str) -> Path:
-        return self.kernel.p(f"/etc/iscsi/nodes/{iqn}/{portal.replace(':', ',')}")
-
-    def expect_new_node(self, iqn: str, portal: str) -> None:
-        self.executor.expect(
-            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "-o", "new"],
-            side_effect=lambda: self.kernel.write(str(self.record(iqn, portal))[len(
-                str(self.kernel.root)):], RECORD))
-
-    def expect_login(self, iqn: str, portal: str, returncode: int = 0) -> None:
-        def effect() -> None:
-            if returncode == 0:
-                self.kernel.add_session(iqn, portal)
-        self.executor.expect(
-            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "--login"],
-            returncode=returncode, side_effect=effect,
-            stderr="" if returncode == 0 else f"iscsiadm: initiator reported error ({returncode})")
-
-    def expect_logout(self, iqn: str, portal: str) -> None:
-        self.executor.expect(
-            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "--logout"],
-            side_effect=lambda: self.kernel.remove_session(iqn, portal))
-
-    def expect_delete(self, iqn: str, portal: str) -> None:
-        self.executor.expect(
-            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "-o",
-             "delete"], side_effect=lambda: self.record(iqn, portal).unlink())
-
-    def attach(self, vol: IscsiVolume, multipath: bool = True) -> Device:
-        return asyncio.run(self.connector.attach(vol, multipath=multipath))
-
-
-def datera(chap: Chap | None = None, expected: str | None = None) -> IscsiVolume:
-    return IscsiVolume(tuple(IscsiTarget(Portal.parse(p), IQN, 0) for p in (P1, P2)),
-                       chap=chap, expected_wwn=expected)
-
-
-def k2(lun: int) -> IscsiVolume:
-    return IscsiVolume(tuple(IscsiTarget(Portal.parse(p), K2, lun) for p in (P1, P2)))
+from hostagent.models import FcVolume
+from tests.unit.iscsihost import CHAP, IQN, K2, P1, P2, WWID, Host, datera, k2
 
 
 @pytest.fixture

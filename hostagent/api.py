@@ -1,0 +1,287 @@
+"""The HTTP API (v1, JSON) on a Unix socket: aiohttp app, routes, validation, errors.
+
+Every request is checked before anything reaches the service: unknown fields,
+wrong types, duplicate keys, over-deep or oversized bodies answer 400 naming
+the field. Errors always have the shape {"error": {"code", "message", "details"}}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import struct
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from hostagent import openapi
+from hostagent.connection_info import parse
+from hostagent.errors import Forbidden, HostAgentError, InvalidRequest, NotFound
+from hostagent.host.fs import PROC, HostFS
+from hostagent.logs import op_id
+from hostagent.models import attachment_to_dict
+from hostagent.service import AttachRequest, Service
+
+log = logging.getLogger("hostagent.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ID_RE = re.compile(openapi.ID_PATTERN)
+_MAX_DEPTH = 32
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
+
+
+# ---- who may talk to us --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gids: frozenset[int]
+
+
+class PeerCheck:
+    """SO_PEERCRED of the Unix socket peer against an allow-list; root always passes.
+
+    The kernel's credentials give the primary gid only; supplementary groups
+    come from the peer's /proc status, so membership in the socket's group counts.
+    """
+
+    def __init__(self, fs: HostFS, uids: frozenset[int], gids: frozenset[int]) -> None:
+        self.fs, self.uids, self.gids = fs, uids, gids
+
+    def peer(self, request: web.Request) -> Peer:
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is None or sock.family != socket.AF_UNIX:
+            raise Forbidden("only local Unix-socket peers are served")
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return Peer(pid, uid, frozenset({gid, *self._groups(pid)}))
+
+    def _groups(self, pid: int) -> set[int]:
+        for line in (self.fs.try_read(f"{PROC}/{pid}/status") or "").splitlines():
+            if line.startswith("Groups:"):
+                return {int(g) for g in line.split()[1:]}
+        return set()
+
+    def check(self, request: web.Request) -> Peer:
+        peer = self.peer(request)
+        if peer.uid == 0 or peer.uid in self.uids or peer.gids & self.gids:
+            return peer
+        raise Forbidden(f"uid {peer.uid} is not allowed to use hostagent",
+                        uid=peer.uid, pid=peer.pid)
+
+
+# ---- request parsing ------------------------------------------------------------------
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidRequest("body", f"duplicate key {key[:64]!r}")
+        result[key] = value
+    return result
+
+
+def _depth(value: Any, limit: int) -> int:
+    if limit < 0:
+        raise InvalidRequest("body", f"JSON nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as err:
+        raise InvalidRequest("body", f"larger than {request.app[MAX_BODY]} bytes") from err
+    try:
+        body = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise InvalidRequest("body", f"JSON nested deeper than {_MAX_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        if isinstance(err, InvalidRequest):
+            raise
+        raise InvalidRequest("body", f"not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "must be a JSON object")
+    _depth(body, _MAX_DEPTH)
+    return body
+
+
+def _unknown(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise InvalidRequest(f"{where}{key[:64]}", f"unknown field (allowed: "
+                                                         f"{', '.join(allowed)})")
+
+
+def _identifier(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise InvalidRequest(field, "must be 1-128 letters, digits and . _ : - "
+                                    "starting with a letter or digit")
+    return value
+
+
+def attach_request(body: Mapping[str, Any], service: Service) -> AttachRequest:
+    _unknown(body, openapi.ATTACH_FIELDS, "")
+    if "connection_info" not in body:
+        raise InvalidRequest("connection_info", "is required")
+    att_id = _identifier(body["attachment_id"], "attachment_id") \
+        if body.get("attachment_id") is not None else str(uuid.uuid4())
+    volume_id = body.get("volume_id")
+    if volume_id is not None:
+        volume_id = _identifier(volume_id, "volume_id")
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("options", "must be an object")
+    _unknown(options, openapi.OPTION_FIELDS, "options.")
+    multipath = options.get("multipath", service.multipath)
+    if not isinstance(multipath, bool):
+        raise InvalidRequest("options.multipath", "must be true or false")
+    timeout = options.get("timeout", service.attach_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not 0 < timeout <= openapi.MAX_TIMEOUT:
+        raise InvalidRequest("options.timeout", f"must be a number of seconds in "
+                                                f"(0, {openapi.MAX_TIMEOUT}]")
+    info = body["connection_info"]
+    try:
+        spec = parse(info)
+    except InvalidRequest as err:
+        field = err.field if err.field.startswith("connection_info") else \
+            f"connection_info.{err.field}"
+        raise InvalidRequest(field, err.message.split(": ", 1)[-1]) from None
+    return AttachRequest(att_id, info, spec, volume_id or spec.volume_id, multipath,
+                         float(timeout))
+
+
+def _query(request: web.Request, allowed: tuple[str, ...]) -> None:
+    _unknown(request.query, allowed, "query.")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "").lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidRequest(f"query.{name}", "must be true or false")
+
+
+# ---- handlers -----------------------------------------------------------------------
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def _service(request: web.Request) -> Service:
+    return request.app[SERVICE]
+
+
+def _attachment_id(request: web.Request) -> str:
+    return _identifier(request.match_info["attachment_id"], "attachment_id")
+
+
+async def list_attachments(request: web.Request) -> web.Response:
+    _query(request, ())
+    return _json({"attachments": [attachment_to_dict(a) for a in _service(request).list()]})
+
+
+async def attach(request: web.Request) -> web.Response:
+    _query(request, ())
+    service = _service(request)
+    req = attach_request(await _json_body(request), service)
+    att, created = await service.attach(req)
+    return _json(attachment_to_dict(att), 201 if created else 200)
+
+
+async def get_attachment(request: web.Request) -> web.Response:
+    _query(request, ())
+    return _json(attachment_to_dict(_service(request).get(_attachment_id(request))))
+
+
+async def detach(request: web.Request) -> web.Response:
+    _query(request, openapi.DETACH_QUERY)
+    att = await _service(request).detach(_attachment_id(request), force=_flag(request, "force"))
+    return _json(attachment_to_dict(att))
+
+
+async def extend(request: web.Request) -> web.Response:
+    _query(request, ())
+    return _json(attachment_to_dict(await _service(request).extend(_attachment_id(request))))
+
+
+async def connector(request: web.Request) -> web.Response:
+    _query(request, ())
+    return _json(_service(request).connector_properties())
+
+
+async def spec(request: web.Request) -> web.Response:
+    return _json(openapi.SPEC)
+
+
+# ---- middleware -----------------------------------------------------------------------
+
+def error_response(err: HostAgentError) -> web.Response:
+    return _json({"error": err.to_dict()}, err.http_status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = op_id.set(request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:12])
+    try:
+        peer_check = request.app[PEER_CHECK]
+        if peer_check is not None:
+            peer_check.check(request)
+        return await handler(request)
+    except HostAgentError as err:
+        if err.http_status >= 500:
+            log.error("%s %s: %s", request.method, request.path, err.message)
+        return error_response(err)
+    except web.HTTPException as exc:
+        code = "not_found" if exc.status == 404 else \
+            "method_not_allowed" if exc.status == 405 else "http_error"
+        if exc.status == 404:
+            return error_response(NotFound(f"no route {request.method} {request.path}"))
+        return _json({"error": {"code": code, "message": exc.reason, "details": {}}},
+                     exc.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json({"error": {"code": "internal_error", "details": {},
+                                "message": "internal error; the agent's log has the trace"}},
+                     500)
+    finally:
+        op_id.reset(token)
+
+
+SERVICE = web.AppKey("service", Service)
+PEER_CHECK = web.AppKey[PeerCheck | None]("peer_check")
+MAX_BODY = web.AppKey("max_body", int)
+
+ROUTES = (
+    ("GET", "/v1/attachments", list_attachments),
+    ("POST", "/v1/attachments", attach),
+    ("GET", "/v1/attachments/{attachment_id}", get_attachment),
+    ("DELETE", "/v1/attachments/{attachment_id}", detach),
+    ("POST", "/v1/attachments/{attachment_id}/extend", extend),
+    ("GET", "/v1/connector", connector),
+    ("GET", "/v1/openapi.json", spec),
+)
+
+
+def make_app(service: Service, *, peer_check: PeerCheck | None,
+             max_body_bytes: int = 64 * 1024) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+    app[SERVICE] = service
+    app[PEER_CHECK] = peer_check
+    app[MAX_BODY] = max_body_bytes
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,180 @@
+"""Settings from an INI file in cinder.conf style, with defaults for every option.
+
+Unknown sections or options and malformed values are errors naming
+`section.option`: a typo in a config file must not silently fall back to a
+default on a storage node.
+"""
+
+from __future__ import annotations
+
+import configparser
+import grp
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hostagent.errors import InvalidConfig
+from hostagent.host.fs import ETC_HOSTAGENT, RUN_HOSTAGENT, VAR_LIB_HOSTAGENT
+
+DEFAULT_PATH = f"{ETC_HOSTAGENT}/hostagent.conf"
+ENGINES = ("native",)  # "os-brick" joins with connectors/brick.py
+
+
+@dataclass(frozen=True)
+class Config:
+    # [DEFAULT]
+    socket: str = f"{RUN_HOSTAGENT}/hostagent.sock"
+    socket_group: str = "hostagent"  # owns the socket; root only when the group is missing
+    socket_mode: int = 0o660
+    allowed_users: tuple[str, ...] = ()  # besides root, by name or uid
+    allowed_groups: tuple[str, ...] = ("hostagent",)  # by name or gid
+    state_dir: str = VAR_LIB_HOSTAGENT
+    lock_path: str = f"{RUN_HOSTAGENT}/locks"  # oslo.concurrency file locks, per target
+    engine: str = "native"
+    multipath: bool = True
+    log_level: str = "INFO"
+    max_body_bytes: int = 64 * 1024
+    # [iscsi]
+    iface: str = "hostagent"
+    login_timeout: int = 5
+    login_attempts: int = 2
+    # [timeouts] (seconds)
+    attach_timeout: float = 180.0
+    detach_timeout: float = 180.0
+    device_timeout: float = 30.0
+    command_timeout: float = 30.0
+    max_parallel_commands: int = 16
+    detached_retention: float = 24 * 3600.0  # how long a finished detach is remembered
+
+    def allowed_uids(self) -> frozenset[int]:
+        return frozenset(_ids(self.allowed_users, lambda n: pwd.getpwnam(n).pw_uid))
+
+    def allowed_gids(self) -> frozenset[int]:
+        return frozenset(_ids(self.allowed_groups, lambda n: grp.getgrnam(n).gr_gid))
+
+
+def _ids(names: tuple[str, ...], lookup: Callable[[str], int]) -> set[int]:
+    ids = set()
+    for name in names:
+        if name.isdigit():
+            ids.add(int(name))
+            continue
+        try:
+            ids.add(lookup(name))
+        except KeyError:
+            continue  # a group that does not exist on this host allows nobody
+    return ids
+
+
+def _int(text: str) -> int:
+    return int(text, 0)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _mode(text: str) -> int:
+    value = int(text, 8)
+    if value & ~0o777:
+        raise ValueError("must be an octal permission mode like 0660")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return text
+
+
+# section -> option -> (Config field, parser)
+_SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
+    "DEFAULT": {
+        "socket": ("socket", _path),
+        "socket_group": ("socket_group", str),
+        "socket_mode": ("socket_mode", _mode),
+        "allowed_users": ("allowed_users", _names),
+        "allowed_groups": ("allowed_groups", _names),
+        "state_dir": ("state_dir", _path),
+        "lock_path": ("lock_path", _path),
+        "engine": ("engine", _choice(*ENGINES)),
+        "multipath": ("multipath", _bool),
+        "log_level": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+        "max_body_bytes": ("max_body_bytes", _int),
+    },
+    "iscsi": {
+        "iface": ("iface", str),
+        "login_timeout": ("login_timeout", _int),
+        "login_attempts": ("login_attempts", _int),
+    },
+    "timeouts": {
+        "attach": ("attach_timeout", _positive),
+        "detach": ("detach_timeout", _positive),
+        "device": ("device_timeout", _positive),
+        "command": ("command_timeout", _positive),
+        "max_parallel_commands": ("max_parallel_commands", _int),
+        "detached_retention": ("detached_retention", _positive),
+    },
+}
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as err:
+        raise InvalidConfig(source, str(err).splitlines()[0]) from err
+    values: dict[str, Any] = {}
+    for section in parser.sections():
+        schema = _SCHEMA.get(section)
+        if schema is None:
+            raise InvalidConfig(section, f"unknown section (known: {', '.join(_SCHEMA)})")
+        for option, raw in parser.items(section):
+            if option not in schema:
+                raise InvalidConfig(f"{section}.{option}",
+                                    f"unknown option (known: {', '.join(schema)})")
+            name, convert = schema[option]
+            try:
+                values[name] = convert(raw.strip())
+            except ValueError as err:
+                raise InvalidConfig(f"{section}.{option}", f"{raw.strip()!r}: {err}") from err
+    known = {f.name for f in fields(Config)}
+    assert set(values) <= known
+    return Config(**values)
+
+
+def load(path: str | None = None) -> Config:
+    """The file at `path` (an error if missing); without a path, DEFAULT_PATH if present."""
+    target = path or DEFAULT_PATH
+    try:
+        with open(target) as f:
+            return parse(f.read(), target)
+    except FileNotFoundError:
+        if path is None:
+            return Config()
+        raise InvalidConfig(path, "no such file") from None

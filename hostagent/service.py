@@ -1,0 +1,314 @@
+"""Orchestration: idempotent attach/detach/extend over the engines, with state.
+
+Every operation on an attachment holds that attachment's lock from start to
+finish, so a retried request waits for the first and then answers from its
+result; operations on different attachments only meet at the engines'
+per-target locks. An operation runs as a task of its own: a client that goes
+away does not cancel an attach half-way.
+
+The state row is written before the host is touched and at every phase, so
+`reconcile()` at start-up can finish or undo what a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
+from hostagent.connectors.base import Connector
+from hostagent.errors import (
+    Conflict,
+    DeviceTimeout,
+    DeviceVanished,
+    HostAgentError,
+    InvalidRequest,
+    NotFound,
+    OperationInProgress,
+)
+from hostagent.models import Attachment, FcVolume, Status, VolumeSpec
+from hostagent.state import Store
+
+log = logging.getLogger("hostagent.service")
+T = TypeVar("T")
+
+REDACTED = "***"
+# The keys of connection_info that hold a secret, in the data dict.
+SECRET_KEYS = frozenset({"auth_password", "auth_password_in", "discovery_auth_password",
+                         "discovery_auth_password_in"})
+# Test hook (kernel tests of crash recovery): the agent SIGKILLs itself when an
+# operation reports a phase starting with this text.
+CRASH_AT_ENV = "HOSTAGENT_CRASH_AT"
+_LIVE = (Status.ATTACHING, Status.ATTACHED, Status.DETACHING)
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    attachment_id: str
+    connection_info: Mapping[str, Any]
+    spec: VolumeSpec
+    volume_id: str | None
+    multipath: bool
+    timeout: float
+
+
+def protocol_of(spec: VolumeSpec) -> str:
+    return FIBRE_CHANNEL if isinstance(spec, FcVolume) else ISCSI
+
+
+def redact_connection_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """connection_info with every secret replaced by "***" (wrapped or bare form)."""
+    def clean(data: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (REDACTED if k in SECRET_KEYS and v not in (None, "") else v)
+                for k, v in data.items()}
+    if isinstance(info.get("data"), Mapping):
+        return {**info, "data": clean(info["data"])}
+    return clean(info)
+
+
+def _volume_key(spec: VolumeSpec) -> frozenset[tuple[str, int]]:
+    """What identifies the volume on this host: (target, LUN) pairs."""
+    if isinstance(spec, FcVolume):
+        return frozenset((w, spec.lun) for w in spec.target_wwpns)
+    return frozenset((t.iqn, t.lun) for t in spec.targets)
+
+
+class Service:
+    def __init__(self, store: Store, connectors: Mapping[str, Connector], *,
+                 multipath: bool = True, attach_timeout: float = 180.0,
+                 detach_timeout: float = 180.0, detached_retention: float = 86400.0) -> None:
+        self.store = store
+        self.connectors = connectors
+        self.multipath = multipath
+        self.attach_timeout = attach_timeout
+        self.detach_timeout = detach_timeout
+        self.detached_retention = detached_retention
+        self._key = store.key()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._crash_at = os.environ.get(CRASH_AT_ENV) or None
+
+    # ---- queries -----------------------------------------------------------------
+    def get(self, attachment_id: str) -> Attachment:
+        att = self.store.get(attachment_id)
+        if att is None:
+            raise NotFound(f"no attachment {attachment_id}", attachment_id=attachment_id)
+        return att
+
+    def list(self) -> list[Attachment]:
+        return self.store.list()
+
+    def connector_properties(self) -> dict[str, Any]:
+        props: dict[str, Any] = {}
+        for connector in self.connectors.values():
+            props.update(connector.connector_properties(multipath=self.multipath))
+        return props
+
+    def digest(self, req: AttachRequest) -> str:
+        body = json.dumps({"connection_info": req.connection_info, "volume_id": req.volume_id,
+                           "multipath": req.multipath}, sort_keys=True, separators=(",", ":"))
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+
+    def _connector(self, protocol: str) -> Connector:
+        connector = self.connectors.get(protocol)
+        if connector is None:
+            raise InvalidRequest("connection_info.driver_volume_type",
+                                 f"this agent has no {protocol} engine",
+                                 engines=sorted(self.connectors))
+        return connector
+
+    # ---- attach ------------------------------------------------------------------
+    async def attach(self, req: AttachRequest) -> tuple[Attachment, bool]:
+        """The attachment, and whether this call made it (False: a retry's answer)."""
+        connector = self._connector(protocol_of(req.spec))
+        digest = self.digest(req)
+        async with self._lock(req.attachment_id):
+            existing = self.store.get(req.attachment_id)
+            if existing is not None and existing.status != Status.DETACHED:
+                if existing.digest != digest:
+                    raise Conflict(f"attachment {req.attachment_id} exists with another "
+                                   "request", attachment_id=req.attachment_id)
+                if existing.status == Status.ATTACHED:
+                    return existing, False
+                if existing.status == Status.DETACHING:
+                    raise OperationInProgress(
+                        f"attachment {req.attachment_id} is being detached; finish the "
+                        "detach first", attachment_id=req.attachment_id)
+            self._refuse_second_attachment(req)
+            now = time.time()
+            self.store.put(Attachment(
+                id=req.attachment_id, protocol=protocol_of(req.spec),
+                connection_info=redact_connection_info(req.connection_info),
+                multipath=req.multipath, digest=digest, status=Status.ATTACHING,
+                created_at=now, updated_at=now, volume_id=req.volume_id, phase="starting"))
+            log.info("attach %s: %s volume %s", req.attachment_id, protocol_of(req.spec),
+                     req.volume_id or "-")
+            return await self._run(self._attach(connector, req)), True
+
+    def _refuse_second_attachment(self, req: AttachRequest) -> None:
+        key = _volume_key(req.spec)
+        for other in self.store.list():
+            if other.id == req.attachment_id or other.status not in _LIVE:
+                continue
+            if _volume_key(parse(other.connection_info)) & key:
+                raise Conflict(f"the volume is already attached as {other.id}",
+                               attachment_id=other.id)
+
+    async def _attach(self, connector: Connector, req: AttachRequest) -> Attachment:
+        att_id = req.attachment_id
+        try:
+            async with asyncio.timeout(req.timeout):
+                device = await connector.attach(req.spec, multipath=req.multipath,
+                                                progress=self._progress(att_id))
+        except TimeoutError:
+            err: HostAgentError = DeviceTimeout(
+                f"the attach did not finish within {req.timeout:g} s; what it did was undone",
+                timeout=req.timeout)
+            self._failed(att_id, Status.FAILED, err)
+            raise err from None
+        except BaseException as exc:
+            self._failed(att_id, Status.FAILED, exc)
+            raise
+        self._progress(att_id)("recording")
+        att = self.store.update(att_id, status=Status.ATTACHED, device=device, phase=None,
+                                last_error=None)
+        log.info("attached %s: %s (%s, %d paths%s)", att_id, device.path, device.wwn,
+                 len(device.paths), f", missing {list(device.missing)}" if device.missing else "")
+        return att
+
+    # ---- detach ------------------------------------------------------------------
+    async def detach(self, attachment_id: str, *, force: bool = False) -> Attachment:
+        async with self._lock(attachment_id):
+            att = self.get(attachment_id)
+            if att.status == Status.DETACHED:
+                return att  # a retried detach: already done
+            connector = self._connector(att.protocol)
+            self.store.update(attachment_id, status=Status.DETACHING, force=force,
+                              phase="starting")
+            log.info("detach %s%s", attachment_id, " (force)" if force else "")
+            return await self._run(self._detach(connector, att, force))
+
+    async def _detach(self, connector: Connector, att: Attachment, force: bool) -> Attachment:
+        spec = parse(att.connection_info)
+        try:
+            async with asyncio.timeout(self.detach_timeout):
+                if att.device is None:  # the attach never finished: undo what it left
+                    await connector.recover(spec)
+                    warnings: tuple[str, ...] = ()
+                else:
+                    result = await connector.detach(spec, att.device, force=force,
+                                                    progress=self._progress(att.id))
+                    warnings = result.warnings
+        except TimeoutError:
+            err = DeviceTimeout(f"the detach did not finish within {self.detach_timeout:g} s",
+                                timeout=self.detach_timeout)
+            self._failed(att.id, Status.DETACHING, err)
+            raise err from None
+        except BaseException as exc:
+            self._failed(att.id, Status.DETACHING, exc)
+            raise
+        for warning in warnings:
+            log.warning("detach %s: %s", att.id, warning)
+        last_error = {"code": "forced", "message": "; ".join(warnings), "details": {}} \
+            if warnings else None
+        done = self.store.update(att.id, status=Status.DETACHED, phase=None,
+                                 last_error=last_error)
+        log.info("detached %s", att.id)
+        return done
+
+    # ---- extend ------------------------------------------------------------------
+    async def extend(self, attachment_id: str) -> Attachment:
+        async with self._lock(attachment_id):
+            att = self.get(attachment_id)
+            if att.status != Status.ATTACHED or att.device is None:
+                raise Conflict(f"attachment {attachment_id} is {att.status.value}, not attached",
+                               status=att.status.value)
+            connector = self._connector(att.protocol)
+            device = att.device
+            size = await self._run(connector.extend(parse(att.connection_info), device))
+            att = self.store.update(attachment_id, device=replace(device, size_bytes=size))
+            log.info("extended %s: %s is %d bytes", attachment_id, device.path, size)
+            return att
+
+    # ---- start-up ------------------------------------------------------------------
+    async def reconcile(self) -> dict[str, int]:
+        """Finish or undo what a crash interrupted; mark attached volumes that vanished.
+
+        Only hostagent's own records are acted on, and through them only its own
+        sessions (its iface), its disks and its maps.
+        """
+        counts = {"rolled_back": 0, "detached": 0, "vanished": 0, "failed": 0}
+        self.store.purge_detached(time.time() - self.detached_retention)
+        for att in self.store.list():
+            try:
+                if att.status == Status.ATTACHING:
+                    await self._roll_back(att)
+                    counts["rolled_back"] += 1
+                elif att.status == Status.DETACHING:
+                    await self.detach(att.id, force=att.force)
+                    counts["detached"] += 1
+                elif att.status == Status.ATTACHED and att.device is not None and \
+                        not self._connector(att.protocol).present(att.device):
+                    err = DeviceVanished(f"{att.device.path} ({att.device.wwn}) is gone",
+                                         device=att.device.path, wwn=att.device.wwn)
+                    self.store.update(att.id, status=Status.FAILED, last_error=err.to_dict())
+                    log.warning("reconcile %s: %s", att.id, err.message)
+                    counts["vanished"] += 1
+            except HostAgentError as err:
+                log.error("reconcile %s (%s): %s", att.id, att.status.value, err.message)
+                counts["failed"] += 1
+        log.info("reconciled: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return counts
+
+    async def _roll_back(self, att: Attachment) -> None:
+        async with self._lock(att.id):
+            log.warning("reconcile %s: the attach was interrupted; undoing it", att.id)
+            self.store.update(att.id, phase="rolling back")
+            await self._connector(att.protocol).recover(parse(att.connection_info))
+            self.store.update(att.id, status=Status.FAILED, phase=None, last_error={
+                "code": "interrupted", "details": {},
+                "message": "the agent stopped during the attach; what it had done was undone"})
+
+    async def close(self) -> None:
+        """Wait for running operations: they end in a recorded state."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- helpers -------------------------------------------------------------------
+    def _lock(self, attachment_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(attachment_id, asyncio.Lock())
+
+    async def _run(self, coro: Awaitable[T]) -> T:
+        """Run an operation as its own task; the caller going away does not stop it."""
+        task: asyncio.Task[T] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    def _progress(self, attachment_id: str) -> Callable[[str], None]:
+        def report(phase: str) -> None:
+            log.info("%s: %s", attachment_id, phase)
+            with contextlib.suppress(NotFound):
+                self.store.update(attachment_id, phase=phase)
+            if self._crash_at and phase.startswith(self._crash_at):
+                log.critical("test hook %s=%r: killing the agent", CRASH_AT_ENV, self._crash_at)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return report
+
+    def _failed(self, attachment_id: str, status: Status, exc: BaseException) -> None:
+        error = exc.to_dict() if isinstance(exc, HostAgentError) else {
+            "code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "details": {}}
+        if isinstance(exc, asyncio.CancelledError):
+            error = {"code": "cancelled", "message": "the agent is shutting down", "details": {}}
+        self.store.update(attachment_id, status=status, phase=None, last_error=error)
+        log.error("%s failed: %s", attachment_id, error["message"])

@@ -1,0 +1,155 @@
+"""The attachments the agent made, in SQLite (WAL, file mode 0600).
+
+A row is written before an operation touches the host and after every phase, so
+a restart knows what was under way (see service.Service.reconcile). CHAP
+secrets are never stored: connection_info is kept with them removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hostagent.errors import NotFound
+from hostagent.models import Attachment, Status, device_from_dict, device_to_dict
+
+DB_NAME = "hostagent.db"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attachments (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT,
+    protocol TEXT NOT NULL,
+    connection_info TEXT NOT NULL,
+    multipath INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    phase TEXT,
+    device TEXT,
+    last_error TEXT,
+    force INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = ("id", "volume_id", "protocol", "connection_info", "multipath", "digest", "status",
+            "phase", "device", "last_error", "force", "created_at", "updated_at")
+
+
+def _row(att: Attachment) -> tuple[Any, ...]:
+    return (att.id, att.volume_id, att.protocol, json.dumps(att.connection_info),
+            int(att.multipath), att.digest, att.status.value, att.phase,
+            json.dumps(device_to_dict(att.device)) if att.device else None,
+            json.dumps(att.last_error) if att.last_error is not None else None,
+            int(att.force), att.created_at, att.updated_at)
+
+
+def _attachment(row: sqlite3.Row) -> Attachment:
+    return Attachment(
+        id=row["id"], volume_id=row["volume_id"], protocol=row["protocol"],
+        connection_info=json.loads(row["connection_info"]), multipath=bool(row["multipath"]),
+        digest=row["digest"], status=Status(row["status"]), phase=row["phase"],
+        device=device_from_dict(json.loads(row["device"])) if row["device"] else None,
+        last_error=json.loads(row["last_error"]) if row["last_error"] else None,
+        force=bool(row["force"]), created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+class Store:
+    def __init__(self, state_dir: str | Path) -> None:
+        directory = Path(state_dir)
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self.path = directory / DB_NAME
+        # Created 0600 before SQLite opens it: the umask must not decide.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE))
+        os.chmod(self.path, FILE_MODE)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged attach survives power loss
+        self._db.executescript(_SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            if side.exists():
+                os.chmod(side, FILE_MODE)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def key(self) -> bytes:
+        """A random key made once per host: request digests are keyed with it, so
+        the database holds no plain hash of a request that carried a secret."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'digest_key'").fetchone()
+            if row is None:
+                value = secrets.token_hex(32)
+                db.execute("INSERT INTO meta VALUES ('digest_key', ?)", (value,))
+                return bytes.fromhex(value)
+            return bytes.fromhex(row["value"])
+
+    def get(self, attachment_id: str) -> Attachment | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM attachments WHERE id = ?",
+                                   (attachment_id,)).fetchone()
+        return _attachment(row) if row else None
+
+    def list(self, *, include_detached: bool = False) -> list[Attachment]:
+        query = "SELECT * FROM attachments"
+        if not include_detached:
+            query += f" WHERE status != '{Status.DETACHED.value}'"
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at, id").fetchall()
+        return [_attachment(r) for r in rows]
+
+    def put(self, att: Attachment) -> None:
+        """Insert or replace the whole row."""
+        marks = ", ".join("?" for _ in _COLUMNS)
+        with self._tx() as db:
+            db.execute(f"INSERT OR REPLACE INTO attachments ({', '.join(_COLUMNS)}) "
+                       f"VALUES ({marks})", _row(att))
+
+    def update(self, attachment_id: str, **changes: Any) -> Attachment:
+        """Change some fields (and updated_at) of a row that must exist."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM attachments WHERE id = ?",
+                             (attachment_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no attachment {attachment_id}", attachment_id=attachment_id)
+            att = dataclasses.replace(_attachment(row), updated_at=time.time(), **changes)
+            marks = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
+            db.execute(f"UPDATE attachments SET {marks} WHERE id = ?", (*_row(att)[1:], att.id))
+        return att
+
+    def delete(self, attachment_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM attachments WHERE id = ?", (attachment_id,))
+
+    def purge_detached(self, older_than: float) -> int:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM attachments WHERE status = ? AND updated_at < ?",
+                             (Status.DETACHED.value, older_than))
+            return cur.rowcount
