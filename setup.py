@@ -24,5 +24,7 @@ setup(
     },
     data_files=[
         ("share/hostagent/multipath.conf.d", ["etc/multipath.conf.d/README"]),
+        ("share/hostagent/etc", ["etc/hostagent/hostagent.conf"]),
+        ("share/hostagent/systemd", ["etc/systemd/hostagent.service"]),
     ],
 )

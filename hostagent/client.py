@@ -52,6 +52,10 @@ class Client:
                 status = resp.status
         except aiohttp.ClientConnectorError as err:
             raise self._connect_error(err) from None
+        except aiohttp.ClientError as err:
+            raise ClientError(f"the agent closed the connection ({err}); it finishes or "
+                              "undoes the operation when it runs again: see 'hostagent-cli "
+                              "list'", ExitCode.UNAVAILABLE, code="agent_unavailable") from None
         try:
             data = json.loads(text) if text else None
         except ValueError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import grp
+import math
 import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -67,15 +68,24 @@ def _ids(names: tuple[str, ...], lookup: Callable[[str], int]) -> set[int]:
     return ids
 
 
-def _int(text: str) -> int:
-    return int(text, 0)
+def _count(text: str) -> int:
+    value = int(text, 0)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
 def _positive(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise ValueError("must be positive")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a positive number")
     return value
+
+
+def _name(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
 
 
 def _bool(text: str) -> bool:
@@ -116,7 +126,7 @@ def _path(text: str) -> str:
 _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
     "DEFAULT": {
         "socket": ("socket", _path),
-        "socket_group": ("socket_group", str),
+        "socket_group": ("socket_group", _name),
         "socket_mode": ("socket_mode", _mode),
         "allowed_users": ("allowed_users", _names),
         "allowed_groups": ("allowed_groups", _names),
@@ -125,19 +135,19 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "engine": ("engine", _choice(*ENGINES)),
         "multipath": ("multipath", _bool),
         "log_level": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
-        "max_body_bytes": ("max_body_bytes", _int),
+        "max_body_bytes": ("max_body_bytes", _count),
     },
     "iscsi": {
-        "iface": ("iface", str),
-        "login_timeout": ("login_timeout", _int),
-        "login_attempts": ("login_attempts", _int),
+        "iface": ("iface", _name),
+        "login_timeout": ("login_timeout", _count),
+        "login_attempts": ("login_attempts", _count),
     },
     "timeouts": {
         "attach": ("attach_timeout", _positive),
         "detach": ("detach_timeout", _positive),
         "device": ("device_timeout", _positive),
         "command": ("command_timeout", _positive),
-        "max_parallel_commands": ("max_parallel_commands", _int),
+        "max_parallel_commands": ("max_parallel_commands", _count),
         "detached_retention": ("detached_retention", _positive),
     },
 }
@@ -149,6 +159,8 @@ def parse(text: str, source: str = "<config>") -> Config:
         parser.read_string(text, source=source)
     except configparser.Error as err:
         raise InvalidConfig(source, str(err).splitlines()[0]) from err
+    if parser.defaults():  # options under the parser's hidden default section's name
+        raise InvalidConfig("__none__", f"unknown section (known: {', '.join(_SCHEMA)})")
     values: dict[str, Any] = {}
     for section in parser.sections():
         schema = _SCHEMA.get(section)
@@ -170,11 +182,16 @@ def parse(text: str, source: str = "<config>") -> Config:
 
 def load(path: str | None = None) -> Config:
     """The file at `path` (an error if missing); without a path, DEFAULT_PATH if present."""
-    target = path or DEFAULT_PATH
+    target = DEFAULT_PATH if path is None else path
     try:
-        with open(target) as f:
-            return parse(f.read(), target)
+        with open(target, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         if path is None:
             return Config()
-        raise InvalidConfig(path, "no such file") from None
+        raise InvalidConfig(target, "no such file") from None
+    except OSError as err:
+        raise InvalidConfig(target, err.strerror or str(err)) from None
+    except UnicodeDecodeError:
+        raise InvalidConfig(target, "not UTF-8 text") from None
+    return parse(text, target)

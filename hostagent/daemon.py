@@ -53,7 +53,8 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
         executor, fs, PyudevWatcher(), SocketClient(), locks=TargetLocks(cfg.lock_path),
         options=IscsiOptions(iface=cfg.iface, login_timeout=cfg.login_timeout,
                              login_attempts=cfg.login_attempts,
-                             device_timeout=cfg.device_timeout))
+                             device_timeout=cfg.device_timeout,
+                             command_timeout=cfg.command_timeout))
     connectors: dict[str, Connector] = {ISCSI: iscsi}
     store = Store(cfg.state_dir)
     service = Service(store, connectors, multipath=cfg.multipath,

@@ -70,6 +70,7 @@ class Store:
     def __init__(self, state_dir: str | Path) -> None:
         directory = Path(state_dir)
         directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(directory, DIR_MODE)  # also when it was there before, looser
         self.path = directory / DB_NAME
         # Created 0600 before SQLite opens it: the umask must not decide.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE))
@@ -134,6 +135,8 @@ class Store:
 
     def update(self, attachment_id: str, **changes: Any) -> Attachment:
         """Change some fields (and updated_at) of a row that must exist."""
+        if "id" in changes:
+            raise ValueError("an attachment's id does not change")
         with self._tx() as db:
             row = db.execute("SELECT * FROM attachments WHERE id = ?",
                              (attachment_id,)).fetchone()

@@ -56,6 +56,7 @@ class IscsiOptions:
     login_timeout: int = 5  # s per login attempt: a dead portal costs at most 2 of them
     login_attempts: int = 2
     device_timeout: float = 30.0  # for an sd or a map to appear once the kernel has the LUN
+    command_timeout: float = 30.0  # iscsiadm (but logins) and multipathd commands
     remove_attempts: int = 3  # a map briefly held open (udev, blkid) is retried this often
     my_ip: str | None = None
 
@@ -85,8 +86,10 @@ class IscsiConnector:
         self.fs = fs
         self.udev = udev
         self.options = options or IscsiOptions()
-        self.iscsiadm = Iscsiadm(executor, fs, iface=self.options.iface)
-        self.multipath = Multipath(multipathd, fs, executor=executor)
+        self.iscsiadm = Iscsiadm(executor, fs, iface=self.options.iface,
+                                 timeout=self.options.command_timeout)
+        self.multipath = Multipath(multipathd, fs, executor=executor,
+                                   timeout=self.options.command_timeout)
         self.locks = locks or TargetLocks()
 
     # ---- attach ----------------------------------------------------------------

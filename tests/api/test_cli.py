@@ -21,8 +21,7 @@ from hostagent.api import PeerCheck, make_app
 from hostagent.exitcodes import ExitCode
 from hostagent.host.fs import HostFS
 from tests.unit.iscsihost import IQN, P1, P2, SECRET, WWID, Agent, info
-
-NOBODY = 65534
+from tests.unprivileged import NOBODY, cli_as_nobody
 
 
 class Server:
@@ -168,42 +167,13 @@ def test_no_daemon_gives_a_clear_message(sockdir: Path,
     assert "the agent is not running" in capsys.readouterr().err
 
 
-def nobody_cli(server: Server, *args: str) -> tuple[int, str, str]:
-    """hostagent-cli run by uid/gid 65534 in a forked child: exit status, stdout, stderr.
-    (Forked rather than exec'd: the venv's interpreter may sit where nobody cannot read.)"""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop privileges, run the CLI, never return into pytest
-        status = 99
-        try:
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            sys.stdout = os.fdopen(1, "w")
-            sys.stderr = os.fdopen(2, "w")
-            status = cli.main(["--socket", server.socket, *args])
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    os.close(out_w)
-    os.close(err_w)
-    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
-        stdout, stderr = out.read(), err.read()
-    _, wait_status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(wait_status), stdout, stderr
-
-
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 65534 needs root")
 
 
 @needs_root
 def test_an_unprivileged_client_cannot_open_the_socket(server: Server) -> None:
     os.chmod(server.socket, 0o660)
-    status, _, err = nobody_cli(server, "list")
+    status, _, err = cli_as_nobody(server.socket, "list")
     assert status == ExitCode.FORBIDDEN, err
     assert "not allowed to use the agent's socket" in err
 
@@ -212,7 +182,8 @@ def test_an_unprivileged_client_cannot_open_the_socket(server: Server) -> None:
 def test_an_unprivileged_peer_is_refused_by_its_credentials(agent: Agent,
                                                             server: Server) -> None:
     os.chmod(server.socket, 0o666)  # as a misconfigured mode would: SO_PEERCRED still stops it
-    status, _, err = nobody_cli(server, "attach", "--portal", P1, "--iqn", IQN, "--lun", "0")
+    status, _, err = cli_as_nobody(server.socket, "attach", "--portal", P1, "--iqn", IQN,
+                                   "--lun", "0")
     assert status == ExitCode.FORBIDDEN, err
     assert f"uid {NOBODY} is not allowed" in err
     assert agent.host.executor.calls == []
@@ -223,6 +194,6 @@ def test_an_allowed_group_is_served(agent: Agent, sockdir: Path) -> None:
     check = PeerCheck(HostFS("/"), frozenset(), frozenset({NOBODY}))
     with Server(agent, sockdir, check) as server:
         os.chmod(server.socket, 0o666)
-        status, out, err = nobody_cli(server, "list", "--json")
+        status, out, err = cli_as_nobody(server.socket, "list", "--json")
     assert status == ExitCode.OK, err
     assert json.loads(out) == {"attachments": []}

@@ -86,9 +86,9 @@ def timed(name: str, host: Host, coro: Any) -> Any:
     return result
 
 
-def check_data(device: Device, size: int = 4 * MIB) -> None:
+def check_data(path: str, size: int = 4 * MIB) -> None:
     pattern = os.urandom(size)
-    fd = os.open(device.path, os.O_RDWR | os.O_SYNC)
+    fd = os.open(path, os.O_RDWR | os.O_SYNC)
     try:
         os.pwrite(fd, pattern, MIB)
         os.fsync(fd)
@@ -96,8 +96,8 @@ def check_data(device: Device, size: int = 4 * MIB) -> None:
     finally:
         os.close(fd)
     # Read back through a fresh open with the page cache dropped: the array has it.
-    run(["blockdev", "--flushbufs", device.path])
-    with open(device.path, "rb") as f:
+    run(["blockdev", "--flushbufs", path])
+    with open(path, "rb") as f:
         f.seek(MIB)
         assert f.read(size) == pattern
 
@@ -127,7 +127,7 @@ def test_datera_attach_detach_on_every_portal(array: IscsiArray, host: Host) -> 
     assert_map(device, export, n)
     assert device.missing == ()
     assert device.size_bytes == 64 * MIB
-    check_data(device)
+    check_data(device.path)
     timed(f"datera_detach_{n}_portals", host, host.detach(export, device))
     assert_nothing_of(export)
 
@@ -208,7 +208,7 @@ def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
     assert len(device.missing) == 1 and device.missing[0].startswith(array.portals[1])
     # Bounded by the login timeout (5 s x 2 attempts) plus the healthy path's own work.
     assert elapsed < 40, f"attach with a dead portal took {elapsed:.1f} s"
-    check_data(device)
+    check_data(device.path)
     asyncio.run(host.detach(export, device))
     assert_nothing_of(export)
 
