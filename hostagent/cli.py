@@ -8,12 +8,12 @@ are shown on stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import getpass
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from typing import Any, TextIO
@@ -112,77 +112,82 @@ def table(attachments: list[dict[str, Any]]) -> str:
 
 
 class Progress:
-    """Shows the phases of a running operation, read from GET /v1/attachments/{id}."""
+    """Shows the phases of a running operation, read from GET /v1/attachments/{id}
+    by a thread of its own while the main thread waits for the answer."""
 
     def __init__(self, client: Client, attachment_id: str, out: TextIO) -> None:
-        self.client, self.attachment_id, self.out = client, attachment_id, out
+        self.client = Client(client.socket_path, timeout=10)
+        self.attachment_id, self.out = attachment_id, out
         self.start = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
 
-    async def follow(self) -> None:
+    def __enter__(self) -> Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(15)
+
+    def _follow(self) -> None:
         seen = None
-        while True:
+        while not self.done.wait(POLL_INTERVAL):
             with contextlib.suppress(ClientError):
-                _, att = await self.client.request("GET", f"/v1/attachments/{self.attachment_id}")
+                _, att = self.client.request("GET", f"/v1/attachments/{self.attachment_id}")
                 phase = att.get("phase")
-                if phase and phase != seen:
+                if phase and phase != seen and not self.done.is_set():
                     print(f"  {time.monotonic() - self.start:6.2f}s  {phase}", file=self.out,
                           flush=True)
                     seen = phase
-            await asyncio.sleep(POLL_INTERVAL)
 
 
-async def _with_progress(client: Client, attachment_id: str, show: bool,
-                         method: str, path: str, **kw: Any) -> tuple[int, Any]:
+def _with_progress(client: Client, attachment_id: str, show: bool,
+                   method: str, path: str, **kw: Any) -> tuple[int, Any]:
     if not show:
-        return await client.request(method, path, **kw)
-    follower = asyncio.ensure_future(Progress(client, attachment_id, sys.stderr).follow())
-    try:
-        return await client.request(method, path, **kw)
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        return client.request(method, path, **kw)
+    with Progress(client, attachment_id, sys.stderr):
+        return client.request(method, path, **kw)
 
 
 # ---- commands -----------------------------------------------------------------------
 
-async def run(args: argparse.Namespace) -> tuple[Any, str]:
+def run(args: argparse.Namespace) -> tuple[Any, str]:
     """The JSON answer and its human form."""
     show = not args.json
-    async with Client(args.socket) as client:
-        if args.command == "attach":
-            att_id = args.id or str(uuid.uuid4())
-            body: dict[str, Any] = {"attachment_id": att_id,
-                                    "connection_info": connection_info(args)}
-            if args.volume_id:
-                body["volume_id"] = args.volume_id
-            options: dict[str, Any] = {}
-            if args.multipath is not None:
-                options["multipath"] = args.multipath
-            if args.timeout:
-                options["timeout"] = args.timeout
-            if options:
-                body["options"] = options
-            status, att = await _with_progress(client, att_id, show, "POST", "/v1/attachments",
-                                               body=body)
-            verb = "attached" if status == 201 else "already attached"
-            return att, f"{verb} {_describe(att)}"
-        if args.command == "detach":
-            _, att = await _with_progress(
-                client, args.id, show, "DELETE", f"/v1/attachments/{args.id}",
-                query={"force": "true"} if args.force else None)
-            return att, _describe(att)
-        if args.command == "extend":
-            _, att = await client.request("POST", f"/v1/attachments/{args.id}/extend")
-            return att, f"{_describe(att)}, {att['device']['size_bytes']} bytes"
-        if args.command == "show":
-            _, att = await client.request("GET", f"/v1/attachments/{args.id}")
-            return att, json.dumps(att, indent=2)
-        if args.command == "list":
-            _, answer = await client.request("GET", "/v1/attachments")
-            return answer, table(answer["attachments"])
-        _, props = await client.request("GET", "/v1/connector")
-        return props, "\n".join(f"{k}: {v}" for k, v in sorted(props.items()))
+    client = Client(args.socket)
+    if args.command == "attach":
+        att_id = args.id or str(uuid.uuid4())
+        body: dict[str, Any] = {"attachment_id": att_id,
+                                "connection_info": connection_info(args)}
+        if args.volume_id:
+            body["volume_id"] = args.volume_id
+        options: dict[str, Any] = {}
+        if args.multipath is not None:
+            options["multipath"] = args.multipath
+        if args.timeout:
+            options["timeout"] = args.timeout
+        if options:
+            body["options"] = options
+        status, att = _with_progress(client, att_id, show, "POST", "/v1/attachments",
+                                     body=body)
+        verb = "attached" if status == 201 else "already attached"
+        return att, f"{verb} {_describe(att)}"
+    if args.command == "detach":
+        _, att = _with_progress(client, args.id, show, "DELETE", f"/v1/attachments/{args.id}",
+                                query={"force": "true"} if args.force else None)
+        return att, _describe(att)
+    if args.command == "extend":
+        _, att = client.request("POST", f"/v1/attachments/{args.id}/extend")
+        return att, f"{_describe(att)}, {att['device']['size_bytes']} bytes"
+    if args.command == "show":
+        _, att = client.request("GET", f"/v1/attachments/{args.id}")
+        return att, json.dumps(att, indent=2)
+    if args.command == "list":
+        _, answer = client.request("GET", "/v1/attachments")
+        return answer, table(answer["attachments"])
+    _, props = client.request("GET", "/v1/connector")
+    return props, "\n".join(f"{k}: {v}" for k, v in sorted(props.items()))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     args.socket = getattr(args, "socket", None) or os.environ.get(SOCKET_ENV) or Config.socket
     try:
-        answer, text = asyncio.run(run(args))
+        answer, text = run(args)
     except ClientError as err:
         if args.json:
             print(json.dumps(err.to_dict(), indent=2))

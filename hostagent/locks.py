@@ -14,6 +14,10 @@ import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+# Imported with the agent, not at the first attach: it pulls in a few hundred
+# modules, which would otherwise land on the first request's latency.
+from oslo_concurrency import lockutils
+
 
 def _lock_name(key: str) -> str:
     return "hostagent-" + re.sub(r"[^A-Za-z0-9_.-]", "_", key)
@@ -36,8 +40,6 @@ class TargetLocks:
             yield
 
     async def _acquire_file(self, key: str) -> Any:
-        from oslo_concurrency import lockutils
-
         lock = lockutils.external_lock(_lock_name(key), lock_path=self.lock_path)
         await asyncio.to_thread(lock.acquire)
         return lock

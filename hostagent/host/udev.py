@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+import pyudev
+
 from hostagent.errors import DeviceTimeout
 from hostagent.host.fs import SYS_CLASS, UDEV_DB, HostFS
 
@@ -46,8 +48,6 @@ class PyudevWatcher:
         self._waiters: set[asyncio.Event] = set()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        import pyudev
-
         monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
         for subsystem in self._subsystems:
             monitor.filter_by(subsystem)
