@@ -9,6 +9,7 @@ iscsiadm command line, where `ps` would show them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from hostagent.models import Chap, Portal
 
 ISCSIADM = "iscsiadm"
 DB_ATTEMPTS = 3
+DISCOVERY_ATTEMPTS = 3
+DISCOVERY_BACKOFF = 0.5  # s, times the attempt number
+log = logging.getLogger("hostagent.host")
 
 
 class IscsiErr(IntEnum):
@@ -128,6 +132,8 @@ class Iscsiadm:
         self._iface_ready = False
         self._db_lock: asyncio.Lock | None = None
         self._db_loop: asyncio.AbstractEventLoop | None = None
+        self._flights: dict[tuple[str, Chap | None], asyncio.Future[list[DiscoveredTarget]]] = {}
+        self._flights_loop: asyncio.AbstractEventLoop | None = None
 
     def _db(self) -> asyncio.Lock:
         """Serialises changes to the node db: parallel `iscsiadm -o new` for different
@@ -153,13 +159,46 @@ class Iscsiadm:
         self._iface_ready = True
 
     async def discover(self, portal: Portal, chap: Chap | None) -> list[DiscoveredTarget]:
-        """SendTargets without creating records: hostagent makes only the ones it needs."""
+        """SendTargets without creating records: hostagent makes only the ones it needs.
+
+        Concurrent discoveries of one portal share a single SendTargets: a storm of
+        K2 attaches asks the array once, and arrays (LIO among them) drop discovery
+        sessions opened in parallel. A dropped one is retried.
+        """
+        loop = asyncio.get_running_loop()
+        if self._flights_loop is not loop:
+            self._flights, self._flights_loop = {}, loop
+        key = (str(portal), chap)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._discover(portal, chap))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(key, None))
+        return await asyncio.shield(flight)
+
+    async def _discover(self, portal: Portal, chap: Chap | None) -> list[DiscoveredTarget]:
+        for attempt in range(1, DISCOVERY_ATTEMPTS + 1):
+            try:
+                return await self._send_targets(portal, chap)
+            except CommandFailed as err:
+                if err.returncode == IscsiErr.LOGIN_AUTH_FAILED:
+                    raise AuthenticationFailed(f"{portal} refused our discovery CHAP "
+                                               "credentials", portal=str(portal)) from err
+                if not _transient(err.returncode) or attempt == DISCOVERY_ATTEMPTS:
+                    raise LoginFailed(f"SendTargets on {portal} failed: {err.message}",
+                                      portal=str(portal), returncode=err.returncode,
+                                      attempts=attempt) from err
+                log.warning("SendTargets on %s failed (%s); trying again", portal, err.message)
+                await asyncio.sleep(DISCOVERY_BACKOFF * attempt)
+        raise AssertionError("unreachable")
+
+    async def _send_targets(self, portal: Portal, chap: Chap | None) -> list[DiscoveredTarget]:
+        if chap is None:
+            return parse_discovery(await self._run(
+                ["-m", "discovery", "-t", "st", "-p", str(portal), "-I", self.iface,
+                 "-o", "nonpersistent"]))
         base = ["-m", "discoverydb", "-t", "st", "-p", str(portal), "-I", self.iface]
-        try:
-            if chap is None:
-                return parse_discovery(await self._run(
-                    ["-m", "discovery", "-t", "st", "-p", str(portal), "-I", self.iface,
-                     "-o", "nonpersistent"]))
+        async with self._db():  # the discoverydb record of the portal is shared
             await self._run([*base, "-o", "new"])
             try:
                 self._edit(self._discovery_record(portal),
@@ -169,12 +208,6 @@ class Iscsiadm:
             finally:
                 await self._run([*base, "-o", "delete"],
                                 ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
-        except CommandFailed as err:
-            if err.returncode == IscsiErr.LOGIN_AUTH_FAILED:
-                raise AuthenticationFailed(f"{portal} refused our discovery CHAP credentials",
-                                           portal=str(portal)) from err
-            raise LoginFailed(f"SendTargets on {portal} failed: {err.message}",
-                              portal=str(portal), returncode=err.returncode) from err
 
     async def create_node(self, iqn: str, portal: Portal, settings: Mapping[str, str]) -> None:
         """A node record under our iface, with `settings` (secrets included) written in."""
@@ -269,6 +302,13 @@ class Iscsiadm:
                                         returncode=err.returncode) from err
             raise
         return result.stdout
+
+
+def _transient(returncode: int) -> bool:
+    """A discovery that a busy target or network dropped (killed by SIGPIPE when
+    the target closed the connection, or a transport/PDU timeout)."""
+    return returncode < 0 or returncode in (IscsiErr.TRANS, IscsiErr.TRANS_TIMEOUT,
+                                            IscsiErr.PDU_TIMEOUT)
 
 
 def _login_error(err: CommandFailed, iqn: str, portal: Portal, mutual: bool) -> Exception:
