@@ -245,11 +245,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if err.http_status >= 500:
             log.error("%s %s: %s", request.method, request.path, err.message)
         return error_response(err)
-    except web.HTTPException as exc:
-        code = "not_found" if exc.status == 404 else \
-            "method_not_allowed" if exc.status == 405 else "http_error"
+    except web.HTTPException as exc:  # aiohttp's own: no route, wrong method
         if exc.status == 404:
             return error_response(NotFound(f"no route {request.method} {request.path}"))
+        code = "method_not_allowed" if exc.status == 405 else "http_error"
         return _json({"error": {"code": code, "message": exc.reason, "details": {}}},
                      exc.status)
     except Exception:

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -86,7 +86,7 @@ def secure_socket(cfg: Config) -> None:
     os.chmod(cfg.socket, cfg.socket_mode)
 
 
-async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+async def serve(cfg: Config) -> None:
     agent = build(cfg)
     counts = await agent.service.reconcile()
     if counts["failed"]:
@@ -109,8 +109,6 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
     await stop.wait()
     log.info("stopping: waiting for running operations")
     await runner.cleanup()
@@ -134,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hostagent: {err.message}", file=sys.stderr)
         return ExitCode.CONFIG
     if args.socket:
-        from dataclasses import replace
         cfg = replace(cfg, socket=args.socket)
     logs.setup(cfg.log_level)
     if os.geteuid() != 0:

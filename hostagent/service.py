@@ -46,9 +46,11 @@ REDACTED = "***"
 # The keys of connection_info that hold a secret, in the data dict.
 SECRET_KEYS = frozenset({"auth_password", "auth_password_in", "discovery_auth_password",
                          "discovery_auth_password_in"})
-# Test hook (kernel tests of crash recovery): the agent SIGKILLs itself when an
-# operation reports a phase starting with this text.
-CRASH_AT_ENV = "HOSTAGENT_CRASH_AT"
+# Test hook (kernel tests of crash recovery): when this names a file, the agent
+# SIGKILLs itself as soon as an operation reports a phase that starts with the
+# file's (non-empty) text; read at every phase, so one agent can be set for
+# several crashes in turn.
+CRASH_FILE_ENV = "HOSTAGENT_CRASH_FILE"
 _LIVE = (Status.ATTACHING, Status.ATTACHED, Status.DETACHING)
 
 
@@ -96,7 +98,7 @@ class Service:
         self._key = store.key()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._crash_at = os.environ.get(CRASH_AT_ENV) or None
+        self._crash_file = os.environ.get(CRASH_FILE_ENV) or None
 
     # ---- queries -----------------------------------------------------------------
     def get(self, attachment_id: str) -> Attachment:
@@ -300,10 +302,20 @@ class Service:
             log.info("%s: %s", attachment_id, phase)
             with contextlib.suppress(NotFound):
                 self.store.update(attachment_id, phase=phase)
-            if self._crash_at and phase.startswith(self._crash_at):
-                log.critical("test hook %s=%r: killing the agent", CRASH_AT_ENV, self._crash_at)
-                os.kill(os.getpid(), signal.SIGKILL)
+            if self._crash_file:
+                self._crash_hook(phase, self._crash_file)
         return report
+
+    @staticmethod
+    def _crash_hook(phase: str, path: str) -> None:
+        try:
+            with open(path) as f:
+                at = f.read().strip()
+        except OSError:
+            return
+        if at and phase.startswith(at):
+            log.critical("test hook %s: killing the agent at %r", CRASH_FILE_ENV, phase)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _failed(self, attachment_id: str, status: Status, exc: BaseException) -> None:
         error = exc.to_dict() if isinstance(exc, HostAgentError) else {

@@ -19,6 +19,7 @@ import pytest
 
 from hostagent.client import Client, ClientError
 from hostagent.exitcodes import ExitCode
+from hostagent.service import CRASH_FILE_ENV
 from tests.kernel.test_iscsi_connector import assert_nothing_of, check_data
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.guest import Guest
@@ -30,28 +31,30 @@ RUN_DIR = Path("/run/hostagent-test")
 
 
 class Daemon:
-    """`hostagent serve` as a child process with its own config and state."""
+    """`hostagent serve` as a child process with its own config and state, and the
+    crash hook's file (service.CRASH_FILE_ENV) to stop it at a chosen phase."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
         self.socket = str(RUN_DIR / "hostagent.sock")
         self.config = root / "hostagent.conf"
         self.config.write_text(
             f"[DEFAULT]\nsocket = {self.socket}\nstate_dir = {root / 'state'}\n"
-            f"lock_path = {root / 'locks'}\nlog_level = DEBUG\nsocket_group = 0\n")
+            f"lock_path = {root / 'locks'}\nlog_level = DEBUG\nsocket_group = 0\n"
+            # An emulated guest: udev takes far longer per disk than a real host
+            # when twenty attaches land at once.
+            "[timeouts]\ndevice = 180\nattach = 900\n")
+        self.crash_file = root / "crash-at"
+        self.crash_file.write_text("")
         self.log = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / "daemon-test.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, crash_at: str | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "HOSTAGENT_CRASH_AT"}
-        if crash_at:
-            env["HOSTAGENT_CRASH_AT"] = crash_at
+    def start(self) -> None:
         with self.log.open("ab") as log:
-            log.write(f"\n==== start (crash at {crash_at!r})\n".encode())
+            log.write(f"\n==== start at {time.strftime('%H:%M:%S')}\n".encode())
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from hostagent.daemon import main; "
                  "sys.exit(main())", "serve", "--config", str(self.config)],
-                stdout=log, stderr=log, env=env)
+                stdout=log, stderr=log, env={**os.environ, CRASH_FILE_ENV: str(self.crash_file)})
         try:  # Python starts slowly in an emulated guest that shares files over 9p
             wait_until(self._answers, timeout=240, what="the agent's socket")
         except BaseException:
@@ -76,12 +79,17 @@ class Daemon:
                 self.proc.wait(30)
         self.proc = None
 
-    def wait_killed(self) -> None:
-        """After the crash hook fired: like systemd, kill what the agent left running."""
+    def crash_at(self, phase: str) -> None:
+        self.crash_file.write_text(phase)
+
+    def restart_after_crash(self) -> None:
+        """The hook fired: like systemd, kill what the agent left running, then start it
+        again (it reconciles before its socket answers)."""
         assert self.proc is not None
         assert self.proc.wait(120) == -signal.SIGKILL
         subprocess.run(["pkill", "-KILL", "-f", "iscsiadm .*-I hostagent"], check=False)
-        self.proc = None
+        self.crash_file.write_text("")
+        self.start()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         return Client(self.socket, timeout=600).request(method, path, body=body)[1]
@@ -92,10 +100,12 @@ class Daemon:
              "--socket", self.socket, *args], capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
+@pytest.fixture(scope="module")
+def daemon(guest: Guest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One agent for the module (it starts slowly in the guest); crash tests restart it."""
     RUN_DIR.mkdir(exist_ok=True)
-    d = Daemon(tmp_path)
+    d = Daemon(tmp_path_factory.mktemp("agent"))
+    d.start()
     yield d
     d.stop()
 
@@ -122,21 +132,21 @@ def assert_attached(att: dict[str, Any], export: Export, paths: int = 2) -> None
     assert mp.dm == device["path"][5:] and mp.active == paths
 
 
-@pytest.mark.parametrize("personality", ["datera", "k2"])
-def test_cli_attach_and_detach(array: IscsiArray, daemon: Daemon, tmp_path: Path,
-                               personality: str) -> None:
-    export = array.export_datera() if personality == "datera" else array.export_k2()
-    daemon.start()
-    att = cli_attach(daemon, tmp_path, export, f"cli-{personality}")
-    assert_attached(att, export)
-    check_data(att["device"]["path"])
-    listed = daemon.cli("list")
-    assert f"cli-{personality}" in listed.stdout and att["device"]["path"] in listed.stdout
-    result = daemon.cli("detach", f"cli-{personality}")
-    assert result.returncode == ExitCode.OK, result.stderr
-    assert_nothing_of(export)
-    again = daemon.cli("detach", f"cli-{personality}")
-    assert again.returncode == ExitCode.OK and "detached" in again.stdout
+def test_cli_attach_and_detach_both_personalities(array: IscsiArray, daemon: Daemon,
+                                                  tmp_path: Path) -> None:
+    exports = {"cli-datera": array.export_datera(), "cli-k2": array.export_k2()}
+    for att_id, export in exports.items():
+        att = cli_attach(daemon, tmp_path, export, att_id)
+        assert_attached(att, export)
+        check_data(att["device"]["path"])
+    listed = daemon.cli("list").stdout
+    assert all(att_id in listed for att_id in exports)
+    for att_id, export in exports.items():
+        result = daemon.cli("detach", att_id)
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert_nothing_of(export)
+        again = daemon.cli("detach", att_id)
+        assert again.returncode == ExitCode.OK and "detached" in again.stdout
 
 
 # Phases an operation reports, and so where the crash hook can stop the agent.
@@ -148,19 +158,19 @@ DETACH_CRASHES = {"after the map went": "removing the disks", "before logout": "
 def test_a_crash_during_attach_is_undone_on_restart(array: IscsiArray, daemon: Daemon,
                                                     where: str) -> None:
     export = array.export_datera()
-    body = {"attachment_id": "crash", "connection_info": export.connection_info}
-    daemon.start(crash_at=ATTACH_CRASHES[where])
+    att_id = f"crash-{where.replace(' ', '-')}"
+    body = {"attachment_id": att_id, "connection_info": export.connection_info}
+    daemon.crash_at(ATTACH_CRASHES[where])
     with pytest.raises(ClientError):
         daemon.api("POST", "/v1/attachments", body)
-    daemon.wait_killed()
-    daemon.start()  # reconcile runs before the socket answers
-    att = daemon.api("GET", "/v1/attachments/crash")
+    daemon.restart_after_crash()
+    att = daemon.api("GET", f"/v1/attachments/{att_id}")
     assert att["status"] == "failed" and att["last_error"]["code"] == "interrupted"
     assert_nothing_of(export)
     # The same request again now attaches, and detaches cleanly.
     again = daemon.api("POST", "/v1/attachments", body)
     assert_attached(again, export)
-    daemon.api("DELETE", "/v1/attachments/crash")
+    daemon.api("DELETE", f"/v1/attachments/{att_id}")
     assert_nothing_of(export)
 
 
@@ -168,24 +178,26 @@ def test_a_crash_during_attach_is_undone_on_restart(array: IscsiArray, daemon: D
 def test_a_crash_during_detach_is_finished_on_restart(array: IscsiArray, daemon: Daemon,
                                                       where: str) -> None:
     export = array.export_datera()
-    daemon.start(crash_at=DETACH_CRASHES[where])
+    att_id = f"crash-{where.replace(' ', '-')}"
     att = daemon.api("POST", "/v1/attachments",
-                     {"attachment_id": "crash", "connection_info": export.connection_info})
+                     {"attachment_id": att_id, "connection_info": export.connection_info})
     assert_attached(att, export)
+    daemon.crash_at(DETACH_CRASHES[where])
     with pytest.raises(ClientError):
-        daemon.api("DELETE", "/v1/attachments/crash")
-    daemon.wait_killed()
-    daemon.start()
-    assert daemon.api("GET", "/v1/attachments/crash")["status"] == "detached"
+        daemon.api("DELETE", f"/v1/attachments/{att_id}")
+    daemon.restart_after_crash()
+    assert daemon.api("GET", f"/v1/attachments/{att_id}")["status"] == "detached"
     assert_nothing_of(export)
 
 
 def test_an_unprivileged_client_is_refused(daemon: Daemon) -> None:
-    daemon.start()
     status, _, err = cli_as_nobody(daemon.socket, "list")
     assert status == ExitCode.FORBIDDEN and "not allowed" in err
     os.chmod(daemon.socket, 0o666)  # even through a too-open socket, SO_PEERCRED refuses
-    status, _, err = cli_as_nobody(daemon.socket, "list")
+    try:
+        status, _, err = cli_as_nobody(daemon.socket, "list")
+    finally:
+        os.chmod(daemon.socket, 0o660)
     assert status == ExitCode.FORBIDDEN and f"uid {NOBODY} is not allowed" in err
 
 
@@ -199,7 +211,6 @@ def test_twenty_concurrent_attaches_over_five_targets(
         arrays.append(IscsiArray(guest, portals=2, workdir=tmp_path / f"array{i}"))
     try:
         exports = [a.export_k2() for a in arrays for _ in range(4)]
-        daemon.start()
         run_load(daemon, exports)
     finally:
         for extra in arrays[1:]:
