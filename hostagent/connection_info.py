@@ -90,7 +90,6 @@ def parse_fc(data: Mapping[str, object], path: str = "data") -> FcVolume:
     data = _mapping(data, path)
     items = _fc_target_items(data, path)
     lun = _fc_lun(data, path, len(items))
-    _addressing_mode(data, path)
     return FcVolume(
         # The same port listed twice (in two spellings, say) is still one port.
         target_wwpns=tuple(dict.fromkeys(parse_wwpn(v, f) for f, v in items)),
@@ -98,6 +97,7 @@ def parse_fc(data: Mapping[str, object], path: str = "data") -> FcVolume:
         initiator_target_map=_initiator_target_map(data, path),
         volume_id=_volume_id(data, path),
         expected_wwn=_expected_wwn(data, path),
+        addressing_mode=_addressing_mode(data, path),
     )
 
 
@@ -307,13 +307,14 @@ def _fc_lun(data: Mapping[str, object], path: str, target_count: int) -> int:
     return luns[0]
 
 
-def _addressing_mode(data: Mapping[str, object], path: str) -> None:
-    # FcVolume has no field for it: validated so a typo is not silently ignored.
+def _addressing_mode(data: Mapping[str, object], path: str) -> str | None:
+    # How the array numbers LUNs above 255 (os-brick's addressing_mode); None: as given.
     mode = data.get("addressing_mode")
     if mode is not None and (not isinstance(mode, str) or mode not in FC_ADDRESSING_MODES):
         raise InvalidRequest(
             f"{path}.addressing_mode",
             f"must be one of {sorted(FC_ADDRESSING_MODES)}, got {_show(mode)}")
+    return mode
 
 
 def _initiator_target_map(

@@ -21,8 +21,9 @@ from aiohttp import web
 from hostagent import __version__, config, logs
 from hostagent.api import PeerCheck, make_app
 from hostagent.config import Config
-from hostagent.connection_info import ISCSI
+from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
 from hostagent.connectors.base import Connector
+from hostagent.connectors.fc import FcConnector, FcOptions
 from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
 from hostagent.errors import HostAgentError
 from hostagent.exitcodes import ExitCode
@@ -49,13 +50,18 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
     fs = fs or HostFS("/")
     os.makedirs(cfg.lock_path, mode=0o700, exist_ok=True)
     executor = AsyncExecutor(max_parallel=cfg.max_parallel_commands)
+    # One udev watcher and one lock table for both engines (IQNs and WWPNs never collide).
+    udev, locks, multipathd = PyudevWatcher(), TargetLocks(cfg.lock_path), SocketClient()
     iscsi = IscsiConnector(
-        executor, fs, PyudevWatcher(), SocketClient(), locks=TargetLocks(cfg.lock_path),
+        executor, fs, udev, multipathd, locks=locks,
         options=IscsiOptions(iface=cfg.iface, login_timeout=cfg.login_timeout,
                              login_attempts=cfg.login_attempts,
                              device_timeout=cfg.device_timeout,
                              command_timeout=cfg.command_timeout))
-    connectors: dict[str, Connector] = {ISCSI: iscsi}
+    fc = FcConnector(executor, fs, udev, multipathd, locks=locks,
+                     options=FcOptions(device_timeout=cfg.device_timeout,
+                                       command_timeout=cfg.command_timeout))
+    connectors: dict[str, Connector] = {ISCSI: iscsi, FIBRE_CHANNEL: fc}
     store = Store(cfg.state_dir)
     service = Service(store, connectors, multipath=cfg.multipath,
                       attach_timeout=cfg.attach_timeout, detach_timeout=cfg.detach_timeout,

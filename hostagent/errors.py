@@ -145,6 +145,14 @@ class LunNotFound(HostAgentError):
     http_status = 502
 
 
+class NoPath(HostAgentError):
+    """No port of this host reaches the volume (FC: no online HBA sees a target)."""
+
+    code = "no_path"
+    http_status = 502
+    retryable = True
+
+
 class Forbidden(HostAgentError):
     """The peer on the agent's socket is not on the allow-list."""
 

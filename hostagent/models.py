@@ -75,6 +75,15 @@ class FcVolume:
     initiator_target_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
     volume_id: str | None = None
     expected_wwn: str | None = None
+    # os-brick's addressing_mode (SAM, transparent, SAM2, SAM3-flat): how the array
+    # addresses LUN ids above 255; host/fc.py's kernel_lun applies it.
+    addressing_mode: str | None = None
+
+    @property
+    def target_keys(self) -> frozenset[str]:
+        """Every target WWPN the volume names (its lock keys)."""
+        return frozenset(self.target_wwpns).union(
+            *(targets for _, targets in self.initiator_target_map))
 
     def secrets(self) -> tuple[str, ...]:
         return ()

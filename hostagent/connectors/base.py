@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,3 +33,23 @@ class Connector(Protocol):
     def present(self, device: Device) -> bool: ...
 
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]: ...
+
+
+def host_properties(*, multipath: bool, my_ip: str | None) -> dict[str, Any]:
+    """The transport-neutral part of os-brick's get_connector_properties."""
+    return {
+        "platform": platform.machine(),
+        "os_type": sys.platform,
+        "ip": my_ip or _default_ip(),
+        "host": socket.gethostname(),
+        "multipath": multipath,
+        "enforce_multipath": False,
+        "do_local_attach": False,
+    }
+
+
+def _default_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hostagent.host.fs import SYS_CLASS, HostFS
+from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, HostFS
 from hostagent.models import Portal
 
 _SESSION_HOST = re.compile(r"/host(\d+)/session(\d+)/iscsi_session/")
@@ -52,6 +52,14 @@ def iscsi_sessions(fs: HostFS) -> list[IscsiSession]:
 def scan_lun(fs: HostFS, host: int, channel: int, target_id: int, lun: int) -> None:
     """Scan exactly one LUN: never the '- - -' wildcard that probes the whole bus."""
     fs.write(f"{SYS_CLASS}/scsi_host/host{host}/scan", f"{channel} {target_id} {lun}")
+
+
+def hctl_of_disk(fs: HostFS, sd: str) -> str | None:
+    """H:C:T:L of an sd block device (/sys/block/sdX/device links to it)."""
+    path = f"{SYS_BLOCK}/{sd}/device"
+    if not fs.exists(path):
+        return None
+    return fs.realpath(path).rsplit("/", 1)[-1]
 
 
 def devices_on_host(fs: HostFS, host: int) -> list[str]:

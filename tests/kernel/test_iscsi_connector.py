@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hostagent.connection_info import parse
-from hostagent.connectors.iscsi import IscsiConnector
+from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
 from hostagent.errors import AuthenticationFailed
 from hostagent.host.executor import AsyncExecutor
 from hostagent.host.fs import HostFS
@@ -42,7 +42,9 @@ class Host:
     def __init__(self) -> None:
         self.executor = AsyncExecutor()
         self.mpd = SocketClient()
-        self.connector = IscsiConnector(self.executor, HostFS("/"), PyudevWatcher(), self.mpd)
+        # Emulation: a burst of disks can keep udev busy past a real host's 30 s.
+        self.connector = IscsiConnector(self.executor, HostFS("/"), PyudevWatcher(), self.mpd,
+                                        options=IscsiOptions(device_timeout=90))
 
     def processes(self) -> int:
         return self.executor.calls

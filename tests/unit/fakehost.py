@@ -30,11 +30,14 @@ class FakeKernel:
     root: Path
     # What the array exports: (iqn, lun) -> wwid. A scan of any other LUN finds nothing.
     luns: dict[tuple[str, int], str] = field(default_factory=dict)
+    # The same over FC: (target WWPN, Linux LUN) -> wwid.
+    fc_luns: dict[tuple[str, int], str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # wwid -> bytes
     flushed: list[str] = field(default_factory=list)
     _next_host: int = 3
     _next_sd: int = 0
     _next_dm: int = 0
+    _next_ctlr: int = 0
 
     def p(self, host_path: str) -> Path:
         return self.root / host_path.lstrip("/")
@@ -83,11 +86,14 @@ class FakeKernel:
     def disks_on(self, host: int) -> list[str]:
         return [d.name for d in self.p("/sys/class/scsi_device").glob(f"{host}:*")]
 
-    def add_disk(self, host: int, lun: int, wwid: str) -> str:
-        hctl = f"{host}:0:0:{lun}"
+    def add_disk(self, host: int, lun: int, wwid: str, *, channel: int = 0, target: int = 0,
+                 parent: str | None = None) -> str:
+        """An sd at H:C:T:L under `parent` (the target's directory; iSCSI's by default)."""
+        hctl = f"{host}:{channel}:{target}:{lun}"
         sd = "sd" + "abcdefghijklmnopqrstuvwxyz"[self._next_sd]
         self._next_sd += 1
-        devdir = f"/sys/devices/platform/host{host}/session{host}/target{host}:0:0/{hctl}"
+        parent = parent or f"/sys/devices/platform/host{host}/session{host}/target{host}:0:0"
+        devdir = f"{parent}/{hctl}"
         self.write(f"{devdir}/wwid", "naa." + wwid[1:])
         self.write(f"{devdir}/state", "running")
         self.write(f"{devdir}/delete")
@@ -95,6 +101,7 @@ class FakeKernel:
         self.write(f"{devdir}/block/{sd}/dev", f"8:{self._next_sd * 16}")
         self.write(f"{devdir}/block/{sd}/size", str(self.sizes.get(wwid, 64 << 20) // 512))
         self.p(f"{devdir}/block/{sd}/holders").mkdir(parents=True)
+        _link(self.p(f"{devdir}/block/{sd}/device"), self.p(devdir))
         _link(self.p(f"/sys/class/scsi_device/{hctl}/device"), self.p(devdir))
         for cls in ("/sys/class/block", "/sys/block"):
             _link(self.p(f"{cls}/{sd}"), self.p(f"{devdir}/block/{sd}"))
@@ -111,6 +118,81 @@ class FakeKernel:
             self.p(f"/dev/{sd}").unlink()
         _rmtree(self.p(f"/sys/class/scsi_device/{hctl}"))
         _rmtree(dev)
+
+    # ---- Fibre Channel (the layout software FCoE showed in the guest) ----------------
+    def add_fc_host(self, port_name: str, *, state: str = "Online",
+                    node_name: str | None = None) -> int:
+        """A local FC port: fc_host and scsi_host under its FCoE controller."""
+        host = self._next_host
+        self._next_host += 1
+        base = f"/sys/devices/virtual/net/fcA{host}/ctlr_{self._next_ctlr}/host{host}"
+        self._next_ctlr += 1
+        attrs = {"port_name": "0x" + port_name, "port_state": state,
+                 "node_name": "0x" + (node_name or "1000" + port_name[4:]),
+                 "tgtid_bind_type": "wwpn (World Wide Port Name)"}
+        for name, value in attrs.items():
+            self.write(f"{base}/fc_host/host{host}/{name}", value)
+        self.write(f"{base}/scsi_host/host{host}/scan")
+        _link(self.p(f"/sys/class/fc_host/host{host}"), self.p(f"{base}/fc_host/host{host}"))
+        _link(self.p(f"/sys/class/scsi_host/host{host}"), self.p(f"{base}/scsi_host/host{host}"))
+        return host
+
+    def fc_host_base(self, host: int) -> str:
+        real = Path(os.path.realpath(self.p(f"/sys/class/fc_host/host{host}")))
+        return "/" + str(real.parents[1].relative_to(self.root))
+
+    def add_rport(self, host: int, port_name: str, *, roles: str = "FCP Target",
+                  state: str = "Online", target_id: int | None = None,
+                  channel: int = 0) -> str:
+        """A remote port seen by `host`; an FCP target gets the next free target id."""
+        taken = [r for r in self.rports() if r.startswith(f"rport-{host}:")]
+        name = f"rport-{host}:{channel}-{len(taken)}"
+        if target_id is None:
+            target_id = -1 if "FCP Target" not in roles else sum(
+                self.read_rport(r, "scsi_target_id") != "-1" for r in taken)
+        base = f"{self.fc_host_base(host)}/{name}/fc_remote_ports/{name}"
+        for attr, value in (("port_name", "0x" + port_name), ("roles", roles),
+                            ("port_state", state), ("scsi_target_id", str(target_id)),
+                            ("node_name", "0x1000" + port_name[4:])):
+            self.write(f"{base}/{attr}", value)
+        _link(self.p(f"/sys/class/fc_remote_ports/{name}"), self.p(base))
+        return name
+
+    def rports(self) -> list[str]:
+        return sorted(p.name for p in self.p("/sys/class/fc_remote_ports").glob("rport-*"))
+
+    def read_rport(self, name: str, attr: str) -> str:
+        return (self.p(f"/sys/class/fc_remote_ports/{name}") / attr).read_text()
+
+    def set_rport(self, name: str, attr: str, value: str) -> None:
+        (self.p(f"/sys/class/fc_remote_ports/{name}") / attr).write_text(value)
+
+    def set_fc_host_state(self, host: int, state: str) -> None:
+        (self.p(f"/sys/class/fc_host/host{host}") / "port_state").write_text(state)
+
+    def is_fc_host(self, host: int) -> bool:
+        return self.p(f"/sys/class/fc_host/host{host}").exists()
+
+    def fc_scan(self, host: int, channel: int, target: int | None, lun: int) -> None:
+        """What fc_user_scan does: the LUN on every matching online FCP target port."""
+        for name in self.rports():
+            h, c = (int(v) for v in name[6:].split("-")[0].split(":"))
+            tid = int(self.read_rport(name, "scsi_target_id"))
+            if (h, c) != (host, channel) or tid < 0 or target not in (None, tid) or \
+                    "FCP Target" not in self.read_rport(name, "roles") or \
+                    self.read_rport(name, "port_state") != "Online":
+                continue
+            wwid = self.fc_luns.get((self.read_rport(name, "port_name")[2:], lun))
+            if wwid and not self.p(f"/sys/class/scsi_device/{host}:{channel}:{tid}:{lun}").exists():
+                parent = f"{self.fc_host_base(host)}/{name}/target{host}:{channel}:{tid}"
+                self.add_disk(host, lun, wwid, channel=channel, target=tid, parent=parent)
+
+    def rport_of_target(self, host: int, channel: int, target: int) -> str:
+        for name in self.rports():
+            if name.startswith(f"rport-{host}:{channel}-") and \
+                    self.read_rport(name, "scsi_target_id") == str(target):
+                return name
+        raise AssertionError(f"no remote port at {host}:{channel}:{target}")
 
     # ---- device-mapper -------------------------------------------------------------
     def dm_of(self, wwid: str) -> str | None:
@@ -167,8 +249,10 @@ class FakeHostFS(HostFS):
     def __init__(self, kernel: FakeKernel) -> None:
         super().__init__(kernel.root)
         self.kernel = kernel
+        self.writes: list[tuple[str, str]] = []  # every write, in order, as made
 
     def write(self, host_path: str, value: str) -> None:
+        self.writes.append((host_path, value))
         parts = host_path.split("/")
         if host_path.startswith("/sys/class/scsi_host/") and parts[-1] == "scan":
             self._scan(int(parts[4][4:]), value)
@@ -180,7 +264,12 @@ class FakeHostFS(HostFS):
             super().write(host_path, value)
 
     def _scan(self, host: int, value: str) -> None:
-        channel, target, lun = (int(v) for v in value.split())
+        words = value.split()
+        assert len(words) == 3 and "-" not in words, f"not a targeted scan: {value!r}"
+        channel, target, lun = (int(v) for v in words)
+        if self.kernel.is_fc_host(host):
+            self.kernel.fc_scan(host, channel, target, lun)
+            return
         assert (channel, target) == (0, 0), f"unexpected scan {value!r}"
         link = self.path(f"/sys/class/iscsi_session/session{host}")
         iqn = (link / "targetname").read_text()
@@ -190,9 +279,14 @@ class FakeHostFS(HostFS):
 
     def _reidentify(self, hctl: str) -> None:
         """A rescan re-reads VPD 0x83: the disk now reports what the array has there."""
-        host, _, _, lun = hctl.split(":")
-        iqn = (self.path(f"/sys/class/iscsi_session/session{host}") / "targetname").read_text()
-        wwid = self.kernel.luns[(iqn, int(lun))]
+        host, channel, target, lun = (int(v) for v in hctl.split(":"))
+        if self.kernel.is_fc_host(host):
+            rport = self.kernel.rport_of_target(host, channel, target)
+            wwid = self.kernel.fc_luns[(self.kernel.read_rport(rport, "port_name")[2:], lun)]
+        else:
+            iqn = (self.path(f"/sys/class/iscsi_session/session{host}") /
+                   "targetname").read_text()
+            wwid = self.kernel.luns[(iqn, lun)]
         (self.path(f"/sys/class/scsi_device/{hctl}/device") / "wwid").write_text("naa." + wwid[1:])
 
     def flush_buffers(self, dev_path: str) -> None:

@@ -316,7 +316,7 @@ def test_fc_target_wwns_with_target_luns() -> None:
             "volume_id": VOLUME_ID, "expected_wwn": "3600A0B8"}
     spec = fc(wrap(data, "fibre_channel"))
     assert spec == FcVolume(target_wwpns=(T1, T2), lun=9, volume_id=VOLUME_ID,
-                            expected_wwn="3600a0b8")
+                            expected_wwn="3600a0b8", addressing_mode="SAM2")
 
 
 def test_fc_target_wwns_wins_over_target_wwn() -> None:
@@ -330,7 +330,8 @@ def test_fc_target_lun_defaults_to_zero() -> None:
 
 @pytest.mark.parametrize("mode", ["transparent", "SAM", "SAM2", "SAM3-flat", None])
 def test_fc_addressing_modes(mode: str | None) -> None:
-    assert fc({"target_wwns": [T1], "target_lun": 2, "addressing_mode": mode}).lun == 2
+    spec = fc({"target_wwns": [T1], "target_lun": 2, "addressing_mode": mode})
+    assert spec.lun == 2 and spec.addressing_mode == mode
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -91,11 +91,15 @@ class FcFabric:
         for module in ("veth", "fcoe", "tcm_fc", "target_core_iblock"):
             run(["modprobe", module])
         for link in self.links:
-            run(["ip", "link", "add", link.initiator_if, "type", "veth", "peer", "name",
-                 link.target_if])
+            # The MACs (hence the WWPNs) are given at creation: set afterwards, udev's
+            # MACAddressPolicy=persistent could overwrite one, racing with us.
+            run(["ip", "link", "add", link.initiator_if, "address", link.initiator_mac,
+                 "type", "veth", "peer", "name", link.target_if, "address", link.target_mac])
             for ifname, mac in ((link.initiator_if, link.initiator_mac),
                                 (link.target_if, link.target_mac)):
-                run(["ip", "link", "set", ifname, "address", mac, "mtu", "9000", "up"])
+                run(["ip", "link", "set", ifname, "mtu", "9000", "up"])
+                current = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+                assert current == mac, f"{ifname} has MAC {current}, not {mac}"
             # Target end first: its fc_host must exist before tcm_fc can claim it.
             write(FCOE_BUS / "ctlr_create", link.target_if)
             write(FCOE_BUS / "ctlr_create", link.initiator_if)

@@ -1,0 +1,262 @@
+"""Disks and multipath maps: the part of an attach that iSCSI and FC share.
+
+Whatever the transport, a path ends as a SCSI device at some H:C:T:L. From
+there both engines do the same: a targeted scan of the one LUN (a disk already
+there is re-identified or replaced, never trusted blindly), the sd awaited by
+udev event, every path agreeing on the WWID, the map built through multipathd;
+and the mirror: flush, remove the map (retried while udev or blkid hold it),
+delete the disks and wait until they are gone, forget the WWID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from hostagent.connectors.base import Progress
+from hostagent.errors import DeviceBusy, HostAgentError, HostCommandError, PathsDown, WwnMismatch
+from hostagent.host import scsi
+from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, HostFS, dev_node
+from hostagent.host.multipath import Multipath
+from hostagent.host.udev import Udev, block_initialized
+from hostagent.models import DetachResult, Device, IscsiTarget, PathInfo
+
+
+@dataclass(frozen=True)
+class ScsiPath:
+    info: PathInfo
+    wwid: str
+    created: bool  # False: the sd was already there and in use (never removed on rollback)
+
+
+class Devices:
+    """Disks and maps on behalf of one engine (its timeouts, its multipath client)."""
+
+    def __init__(self, fs: HostFS, udev: Udev, multipath: Multipath, *,
+                 device_timeout: float, remove_attempts: int) -> None:
+        self.fs = fs
+        self.udev = udev
+        self.multipath = multipath
+        self.device_timeout = device_timeout
+        self.remove_attempts = remove_attempts
+
+    # ---- one path ----------------------------------------------------------------
+    async def scan(self, hctl: str, not_found: Callable[[], HostAgentError]) -> tuple[str, bool]:
+        """The ready sd at `hctl` after a scan of exactly that LUN, and whether we made it.
+
+        `not_found` is raised when the target answers the scan without the LUN.
+        """
+        host, channel, target_id, lun = (int(v) for v in hctl.split(":"))
+        existing = scsi.disk_of(self.fs, hctl)
+        if existing and await self._keep_existing(hctl, existing):
+            return existing, False  # a live path of a map of this very LUN
+        if self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
+            # A leftover, possibly of a LUN id the array has since given to another
+            # volume: its cached identity cannot be trusted, so it is scanned anew.
+            scsi.delete_device(self.fs, hctl)
+        scsi.scan_lun(self.fs, host, channel, target_id, lun)
+        return await self._wait_disk(hctl, not_found), True
+
+    async def _wait_disk(self, hctl: str, not_found: Callable[[], HostAgentError]) -> str:
+        """The sd of a SCSI device the scan just made, once udev has processed it."""
+        # The scan write is synchronous: no scsi_device now means the LUN is not there.
+        if not self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
+            raise not_found()
+
+        def ready() -> str | None:
+            sd = scsi.disk_of(self.fs, hctl)
+            return sd if sd and block_initialized(self.fs, sd) else None
+
+        return await self.udev.wait(ready, timeout=self.device_timeout,
+                                    what=f"the disk of {hctl}")
+
+    async def _keep_existing(self, hctl: str, sd: str) -> bool:
+        """Whether a disk already at our H:C:T:L is a valid path to keep.
+
+        A disk in a map is re-identified (rescan re-reads VPD 0x83): if the LUN now
+        answers with another WWID, the map serves a volume the array no longer
+        exports there. Such a stale map is removed (never if open) with its disk.
+        """
+        holders = [h for h in scsi.holders(self.fs, sd) if h.startswith("dm-")]
+        if not holders:
+            return False
+        map_wwid = (self.fs.try_read(f"{SYS_BLOCK}/{holders[0]}/dm/uuid") or "")
+        map_wwid = map_wwid.removeprefix("mpath-")
+        scsi.rescan_device(self.fs, hctl)
+        if scsi.wwid(self.fs, hctl) == map_wwid:
+            return True
+        try:
+            await self.remove_map(map_wwid, holders[0], force=False)
+        except DeviceBusy as err:
+            raise DeviceBusy(f"{sd} ({hctl}) is held by map {map_wwid}, which is open, but "
+                             "the LUN now reports another WWID: the array reused the LUN id "
+                             "of a volume still in use on this host", hctl=hctl,
+                             stale_map=map_wwid) from err
+        return False
+
+    def path_wwid(self, hctl: str, sd: str) -> str:
+        wwid = scsi.wwid(self.fs, hctl)
+        if wwid is None:
+            raise WwnMismatch(f"{sd} ({hctl}) reports no NAA/EUI identifier", hctl=hctl)
+        return wwid
+
+    # ---- the device ----------------------------------------------------------------
+    async def finish(self, paths: Sequence[ScsiPath], missing: tuple[str, ...], *,
+                     multipath: bool, expected_wwn: str | None, progress: Progress,
+                     iscsi_targets: tuple[IscsiTarget, ...] = ()) -> Device:
+        """The Device of paths that all reach one volume: its map, or its one sd."""
+        wwid = agreed_wwid(paths, expected_wwn)
+        infos = tuple(p.info for p in paths)
+        if not multipath:
+            sd = paths[0].info.device
+            return Device(dev_node(sd), wwid, infos, False, missing,
+                          scsi.size_bytes(self.fs, sd), iscsi_targets)
+        progress("building the multipath map")
+        dm = await self.build_map(wwid, [p.info.device for p in paths])
+        return Device(dev_node(dm), wwid, infos, True, missing,
+                      scsi.size_bytes(self.fs, dm), iscsi_targets)
+
+    async def build_map(self, wwid: str, devices: list[str]) -> str:
+        # Recording the WWID first makes any find_multipaths policy accept the paths.
+        self.multipath.remember_wwid(wwid)
+        await asyncio.gather(*(self.multipath.add_path(d) for d in devices))
+
+        def ready() -> str | None:
+            dm = self.multipath.map_device(wwid)
+            if dm is None or not block_initialized(self.fs, dm):
+                return None
+            slaves = set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves"))
+            return dm if slaves >= set(devices) else None
+
+        return await self.udev.wait(ready, timeout=self.device_timeout,
+                                    what=f"multipath map {wwid} over {', '.join(devices)}")
+
+    async def rollback(self, paths: Sequence[ScsiPath], *, force: bool = True) -> None:
+        """Take away what an attach made: maps made only of its disks, then the disks."""
+        created = [p.info for p in paths if p.created]
+        for wwid in {p.wwid for p in paths if p.wwid}:
+            dm = self.multipath.map_device(wwid)
+            if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
+                    p.device for p in created}:
+                await self.remove_map(wwid, dm, force=force)
+                self.multipath.forget_wwid(wwid)
+        await self.delete_disks(created)
+
+    def forget_unmapped(self, paths: Iterable[ScsiPath]) -> None:
+        """Forget the WWIDs of paths whose map is gone (a recovery's last step)."""
+        for wwid in {p.wwid for p in paths if p.wwid}:
+            if self.multipath.map_device(wwid) is None:
+                self.multipath.forget_wwid(wwid)
+
+    def present(self, device: Device) -> bool:
+        """Whether an attached volume's device is still on the host, as the same volume."""
+        if device.multipath:
+            return self.multipath.map_device(device.wwn) is not None
+        return any(scsi.disk_of(self.fs, p.hctl) == p.device
+                   and scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
+
+    def map_slaves(self, device: Device) -> list[str]:
+        """The sd names the volume's map holds now (paths that came back included)."""
+        dm = self.multipath.map_device(device.wwn)
+        return self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves") if dm else []
+
+    # ---- detach --------------------------------------------------------------------
+    async def release(self, device: Device, paths: Sequence[PathInfo], *, force: bool,
+                      progress: Progress) -> DetachResult:
+        """Flush and remove the volume's map, forget its WWID, delete `paths`' disks."""
+        warnings: list[str] = []
+        lost = False
+        # Also in single-path mode: multipathd may have built a map on our disk
+        # by itself (find_multipaths no); the disk cannot go while it holds it.
+        dm = self.multipath.map_device(device.wwn)
+        progress("flushing")
+        lost |= self.flush(dev_node(dm) if dm else device.path, force, warnings)
+        if dm:
+            progress("removing the multipath map")
+            lost |= await self.remove_map(device.wwn, dm, force=force, warnings=warnings)
+        if device.multipath:
+            self.multipath.forget_wwid(device.wwn)
+        progress("removing the disks")
+        await self.delete_disks(list(paths))
+        return DetachResult(lost, tuple(warnings))
+
+    def flush(self, dev: str, force: bool, warnings: list[str]) -> bool:
+        if not self.fs.exists(dev):
+            return False
+        try:
+            self.fs.flush_buffers(dev)
+        except OSError as err:
+            if not force:
+                raise DeviceBusy(f"flushing {dev} failed: {err}", device=dev) from err
+            warnings.append(f"flushing {dev} failed ({err}); forced on: data may be lost")
+            return True
+        return False
+
+    async def remove_map(self, wwid: str, dm: str, *, force: bool,
+                         warnings: list[str] | None = None) -> bool:
+        for attempt in range(self.remove_attempts):
+            try:
+                await self.multipath.remove_map(wwid)
+                break
+            except DeviceBusy:
+                if attempt + 1 < self.remove_attempts:
+                    await asyncio.sleep(0.2 * (attempt + 1))  # udev/blkid hold it briefly
+        else:
+            if not force:
+                raise DeviceBusy(f"multipath map {wwid} ({dm}) stays in use", wwid=wwid, dm=dm)
+            await self.multipath.force_remove(wwid)
+            if warnings is not None:
+                warnings.append(f"map {wwid} was in use; removed by force: data may be lost")
+            await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
+            return True
+        await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
+        return False
+
+    async def delete_disks(self, paths: Sequence[PathInfo]) -> None:
+        for p in paths:
+            # Deleting a SCSI device is synchronous; the wait covers udev's removal.
+            scsi.delete_device(self.fs, p.hctl)
+        await self.wait_gone([f"{SYS_CLASS}/scsi_device/{p.hctl}" for p in paths], "the disks")
+
+    async def wait_gone(self, sys_paths: list[str], what: str) -> None:
+        await self.udev.wait(lambda: not any(self.fs.exists(p) for p in sys_paths) or None,
+                             timeout=self.device_timeout, what=f"{what} to go away")
+
+    # ---- extend --------------------------------------------------------------------
+    async def resize(self, device: Device, paths: Sequence[PathInfo],
+                     missing: Sequence[str]) -> int:
+        """Rescan every path, then grow the map; refused while any path is down."""
+        down = [p.hctl for p in paths if scsi.device_state(self.fs, p.hctl) != "running"]
+        if down or missing:
+            raise PathsDown("every path must be up to resize safely", down=down,
+                            missing=list(missing))
+        for p in paths:
+            scsi.rescan_device(self.fs, p.hctl)
+        if not device.multipath:
+            return scsi.size_bytes(self.fs, paths[0].device)
+        await self.multipath.resize(device.wwn)
+        dm = self.multipath.map_device(device.wwn)
+        if dm is None:
+            raise HostCommandError(f"map {device.wwn} vanished during resize")
+        return scsi.size_bytes(self.fs, dm)
+
+
+def agreed_wwid(paths: Sequence[ScsiPath], expected: str | None) -> str:
+    wwids = {p.wwid for p in paths}
+    if len(wwids) > 1:
+        raise WwnMismatch("the paths of one volume report different WWNs",
+                          paths={p.info.hctl: p.wwid for p in paths})
+    wwid = wwids.pop()
+    if expected:
+        want = expected.lower().removeprefix("naa.")
+        if wwid not in (want, "3" + want):
+            raise WwnMismatch(f"the volume reports WWN {wwid}, expected {expected}",
+                              wwid=wwid, expected=expected)
+    return wwid
+
+
+def describe(err: BaseException) -> str:
+    if isinstance(err, HostAgentError):
+        return f"{err.code}: {err.message}"
+    return f"{type(err).__name__}: {err}"
