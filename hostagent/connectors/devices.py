@@ -11,7 +11,7 @@ delete the disks and wait until they are gone, forget the WWID.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hostagent.connectors.base import Progress
@@ -28,6 +28,20 @@ class ScsiPath:
     info: PathInfo
     wwid: str
     created: bool  # False: the sd was already there and in use (never removed on rollback)
+
+
+async def first_path(connects: Iterable[Callable[[], Awaitable[ScsiPath]]]
+                     ) -> list[ScsiPath | BaseException]:
+    """Single-path mode: try the paths in order and stop at the first that gives a
+    device; the failures before it are kept for the `missing` report."""
+    outcomes: list[ScsiPath | BaseException] = []
+    for connect in connects:
+        try:
+            outcomes.append(await connect())
+            break
+        except HostAgentError as err:
+            outcomes.append(err)
+    return outcomes
 
 
 class Devices:

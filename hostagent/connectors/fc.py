@@ -13,12 +13,13 @@ udev and multipathd's socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hostagent.connectors.base import Progress, host_properties, no_progress
-from hostagent.connectors.devices import Devices, ScsiPath, describe
+from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
 from hostagent.errors import (
     HostAgentError,
     HostCommandError,
@@ -145,7 +146,8 @@ class FcConnector:
                         *(self._connect(p, vol, progress) for p in todo.pairs),
                         return_exceptions=True)
                 else:
-                    outcomes = await self._connect_first(todo.pairs, vol, progress)
+                    outcomes = await first_path(
+                        functools.partial(self._connect, p, vol, progress) for p in todo.pairs)
                 failures = _failures(todo.pairs, outcomes)
             except BaseException:
                 # Cut off mid-scan (a timeout, a shutdown), or a bug: a path may be
@@ -163,18 +165,6 @@ class FcConnector:
             except BaseException:
                 await self.devices.rollback(paths)
                 raise
-
-    async def _connect_first(self, pairs: Sequence[_Pair], vol: FcVolume,
-                             progress: Progress) -> list[ScsiPath | BaseException]:
-        """Single-path mode: the first pair that gives a device, in host order."""
-        outcomes: list[ScsiPath | BaseException] = []
-        for pair in pairs:
-            try:
-                outcomes.append(await self._connect(pair, vol, progress))
-                break
-            except HostAgentError as err:
-                outcomes.append(err)
-        return outcomes
 
     async def _connect(self, pair: _Pair, vol: FcVolume, progress: Progress) -> ScsiPath:
         lun = fc.kernel_lun(vol.lun, vol.addressing_mode)

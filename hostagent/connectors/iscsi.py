@@ -11,15 +11,15 @@ Host processes: `iscsiadm` only (node records, login, logout, discovery).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hostagent.connectors.base import Progress, host_properties, no_progress
-from hostagent.connectors.devices import Devices, ScsiPath, describe
+from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
 from hostagent.errors import (
     AuthenticationFailed,
-    HostAgentError,
     InvalidRequest,
     LoginFailed,
     LunNotFound,
@@ -96,7 +96,8 @@ class IscsiConnector:
                         *(self._connect(t, vol, progress) for t in targets),
                         return_exceptions=True)
                 else:
-                    outcomes = await self._connect_first(targets, vol, progress)
+                    outcomes = await first_path(
+                        functools.partial(self._connect, t, vol, progress) for t in targets)
             except BaseException:
                 # Cut off mid-login (a timeout, a shutdown): what exists is found anew.
                 await self._undo(vol, targets)
@@ -124,18 +125,6 @@ class IscsiConnector:
                               portal=str(first.portal), iqn=first.iqn,
                               listed=sorted({d.iqn for d in found}))
         return targets
-
-    async def _connect_first(self, targets: Sequence[IscsiTarget], vol: IscsiVolume,
-                             progress: Progress) -> list[ScsiPath | BaseException]:
-        """Single-path mode: the first portal that gives a device, in the given order."""
-        outcomes: list[ScsiPath | BaseException] = []
-        for target in targets:
-            try:
-                outcomes.append(await self._connect(target, vol, progress))
-                break
-            except HostAgentError as err:
-                outcomes.append(err)
-        return outcomes
 
     async def _connect(self, target: IscsiTarget, vol: IscsiVolume,
                        progress: Progress) -> ScsiPath:
