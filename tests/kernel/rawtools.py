@@ -1,9 +1,11 @@
-"""The raw-tool sequences the smoke tests use to prove the test bed (not hostagent)."""
+"""Raw-tool sequences that prove the test bed, and kernel-state checks the tests share."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from hostagent.models import Device
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.lio import Chap
 from tests.kernel.testbed.sh import run, wait_until
@@ -71,6 +73,20 @@ def wait_map(wwid: str, active: int, timeout: float = 60) -> probe.MpMap:
         m = probe.maps().get(wwid)
         return m if m and m.active == active and len(m.paths) == active else None
     return wait_until(ready, timeout=timeout, what=f"map {wwid} with {active} active path(s)")
+
+
+def assert_map(device: Device, wwid: str, paths: int) -> None:
+    """The device is a multipath map of `paths` paths, in the kernel and in multipathd."""
+    assert device.multipath and device.path.startswith("/dev/dm-")
+    assert device.wwn == wwid
+    assert len(device.paths) == paths
+    dm = device.path[5:]
+    # The kernel's table is what the connector promises; multipathd's checker may
+    # not yet have taken a path that was just added (it polls), so that is awaited.
+    assert sorted(os.listdir(f"/sys/block/{dm}/slaves")) == sorted(p.device for p in device.paths)
+    mp = wait_map(wwid, paths, timeout=30)
+    assert mp.dm == dm
+    assert sorted(p.dev for p in mp.paths) == sorted(p.device for p in device.paths)
 
 
 def remove_map(wwid: str) -> None:

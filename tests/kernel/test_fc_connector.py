@@ -101,16 +101,6 @@ def check_data(path: str, size: int = 4 * MIB) -> None:
         assert f.read(size) == pattern
 
 
-def assert_map(device: Device, export: FcExport, paths: int) -> None:
-    assert device.multipath and device.path.startswith("/dev/dm-")
-    assert device.wwn == export.wwid
-    assert len(device.paths) == paths
-    mp = probe.maps()[export.wwid]
-    assert mp.dm == device.path[5:]
-    assert sorted(p.dev for p in mp.paths) == sorted(p.device for p in device.paths)
-    assert mp.active == paths
-
-
 def assert_nothing_of(export: FcExport) -> None:
     assert not raw.disks_with_wwid(export.wwid)
     assert export.wwid not in probe.maps()
@@ -132,7 +122,7 @@ def test_one_lun_gives_one_map_of_two_paths(fc_array: FcArray, host: Host) -> No
     export = fc_array.export()
     assert isinstance(parse(export.connection_info), FcVolume)
     device = timed("fc_attach", host, host.attach(export))
-    assert_map(device, export, 2)
+    raw.assert_map(device, export.wwid, 2)
     assert device.missing == ()
     assert device.size_bytes == 32 * MIB
     assert {probe.vendor_model(p.device) for p in device.paths} == {("KMNRIO", "K2")}
@@ -150,7 +140,7 @@ def test_three_luns_attach_and_detach_in_shuffled_order(
     devices = {}
     for e in exports:
         devices[e.lun] = timed("fc_attach_shared_ports", host, host.attach(e))
-        assert_map(devices[e.lun], e, 2)
+        raw.assert_map(devices[e.lun], e.wwid, 2)
     assert {p.hctl.rsplit(":", 1)[1] for p in devices[300].paths} == {"300"}
     order = exports[:]
     random.Random(5).shuffle(order)
@@ -170,7 +160,7 @@ def test_one_link_down_at_attach_gives_a_one_path_device_in_bounded_time(
     start = time.monotonic()
     device = timed("fc_attach_one_link_down", host, host.attach(export))
     elapsed = time.monotonic() - start
-    assert_map(device, export, 1)
+    raw.assert_map(device, export.wwid, 1)
     assert device.paths[0].target == fabric.links[0].target_wwpn
     # The down link is named, by its HBA and by the target nothing else reaches.
     down = fabric.links[1]
@@ -191,7 +181,7 @@ def test_a_link_down_and_up_while_attached_leaves_a_working_map(
     fabric = fc_array.fabric
     export = fc_array.export()
     device = asyncio.run(host.attach(export))
-    assert_map(device, export, 2)
+    raw.assert_map(device, export.wwid, 2)
     faults.fc_link_down(0)
     wait_link_down(fabric, 0)
     check_data(device.path)  # fails over to the other link

@@ -104,16 +104,6 @@ def check_data(path: str, size: int = 4 * MIB) -> None:
         assert f.read(size) == pattern
 
 
-def assert_map(device: Device, export: Export, paths: int) -> None:
-    assert device.multipath and device.path.startswith("/dev/dm-")
-    assert device.wwn == export.wwid
-    assert len(device.paths) == paths
-    mp = probe.maps()[export.wwid]
-    assert mp.dm == device.path[5:]
-    assert sorted(p.dev for p in mp.paths) == sorted(p.device for p in device.paths)
-    assert mp.active == paths
-
-
 def assert_nothing_of(export: Export) -> None:
     assert not raw.disks_with_wwid(export.wwid)
     assert export.wwid not in probe.maps()
@@ -126,7 +116,7 @@ def test_datera_attach_detach_on_every_portal(array: IscsiArray, host: Host) -> 
     export = array.export_datera()
     n = len(array.portals)
     device = timed(f"datera_attach_{n}_portals", host, host.attach(export))
-    assert_map(device, export, n)
+    raw.assert_map(device, export.wwid, n)
     assert device.missing == ()
     assert device.size_bytes == 64 * MIB
     check_data(device.path)
@@ -141,7 +131,7 @@ def test_attach_works_with_any_find_multipaths_policy(
     try:
         export = array.export_datera()
         device = timed(f"attach_find_multipaths_{policy}", host, host.attach(export))
-        assert_map(device, export, 2)
+        raw.assert_map(device, export.wwid, 2)
         asyncio.run(host.detach(export, device))
         assert_nothing_of(export)
     finally:
@@ -155,7 +145,7 @@ def test_k2_four_luns_shuffled_detach_keeps_sessions_until_the_last(
     devices = {}
     for e in exports:  # singular keys: SendTargets finds the second portal
         devices[e.lun] = timed("k2_attach_shared_iqn", host, host.attach(e))
-        assert_map(devices[e.lun], e, 2)
+        raw.assert_map(devices[e.lun], e.wwid, 2)
     assert len(probe.sessions()) == 2
     order = exports[:]
     random.Random(7).shuffle(order)
@@ -175,7 +165,7 @@ def test_chap_attach_and_a_wrong_secret_leaves_nothing(
     chap = Chap.make(mutual=mutual)
     export = array.export_datera(chap=chap)
     device = asyncio.run(host.attach(export))
-    assert_map(device, export, 2)
+    raw.assert_map(device, export.wwid, 2)
     asyncio.run(host.detach(export, device))
 
     data = export.connection_info["data"]
@@ -191,7 +181,7 @@ def test_discovery_chap(array: IscsiArray, host: Host) -> None:
     export = array.export_k2()
     info = {**export.connection_info, "data": {**export.connection_info["data"], **keys}}
     device = asyncio.run(host.connector.attach(parse(info), multipath=True))
-    assert_map(device, export, 2)
+    raw.assert_map(device, export.wwid, 2)
     asyncio.run(host.connector.detach(parse(info), device))
     bad = {**info, "data": {**info["data"], "discovery_auth_password": "wrong-secret"}}
     with pytest.raises(AuthenticationFailed):
@@ -206,7 +196,7 @@ def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
     start = time.monotonic()
     device = timed("attach_one_portal_blocked", host, host.attach(export))
     elapsed = time.monotonic() - start
-    assert_map(device, export, 1)
+    raw.assert_map(device, export.wwid, 1)
     assert len(device.missing) == 1 and device.missing[0].startswith(array.portals[1])
     # Bounded by the login timeout (5 s x 2 attempts) plus the healthy path's own work.
     assert elapsed < 40, f"attach with a dead portal took {elapsed:.1f} s"
@@ -227,7 +217,7 @@ def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: Host) -> N
     assert new.lun == old.lun and new.wwid != old.wwid
     device = asyncio.run(host.attach(new))
     assert device.wwn == new.wwid
-    assert_map(device, new, 2)
+    raw.assert_map(device, new.wwid, 2)
     assert not raw.disks_with_wwid(old.wwid)
     asyncio.run(host.detach(new, device))
     asyncio.run(host.detach(keeper, keep_dev))
@@ -269,7 +259,7 @@ def test_four_attaches_to_four_targets_at_once(array: IscsiArray, host: Host) ->
 
     devices = timed("attach_4_parallel", host, all_four())
     for e, d in zip(exports, devices, strict=True):
-        assert_map(d, e, 2)
+        raw.assert_map(d, e.wwid, 2)
 
     async def detach_all() -> None:
         await asyncio.gather(*(host.detach(e, d) for e, d in zip(exports, devices, strict=True)))
