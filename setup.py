@@ -12,9 +12,10 @@ setup(
         "pyudev",
         "oslo.concurrency",
         "aiohttp",
+        "prometheus-client",
     ],
     extras_require={
-        "test": ["pytest", "mypy", "ruff", "rtslib-fb"],
+        "test": ["pytest", "mypy", "ruff", "rtslib-fb", "schemathesis==4.32.5"],
     },
     entry_points={
         "console_scripts": [
@@ -23,7 +24,8 @@ setup(
         ],
     },
     data_files=[
-        ("share/hostagent/multipath.conf.d", ["etc/multipath.conf.d/README"]),
+        ("share/hostagent/multipath.conf.d",
+         ["etc/multipath.conf.d/datera.conf", "etc/multipath.conf.d/kaminario.conf"]),
         ("share/hostagent/etc", ["etc/hostagent/hostagent.conf"]),
         ("share/hostagent/systemd", ["etc/systemd/hostagent.service"]),
     ],

@@ -20,11 +20,14 @@ from typing import Any
 from aiohttp import web
 
 from hostagent import openapi
-from hostagent.connection_info import parse
+from hostagent.connection_info import parse, parse_portal
 from hostagent.errors import Forbidden, HostAgentError, InvalidRequest, NotFound
+from hostagent.health import HealthMonitor, report_to_dict
 from hostagent.host.fs import PROC, HostFS
 from hostagent.logs import op_id
+from hostagent.metrics import Metrics
 from hostagent.models import attachment_to_dict
+from hostagent.preflight import Options, Preflight, report
 from hostagent.service import AttachRequest, Service
 
 log = logging.getLogger("hostagent.api")
@@ -32,7 +35,11 @@ log = logging.getLogger("hostagent.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID_RE = re.compile(openapi.ID_PATTERN)
 _MAX_DEPTH = 32
-_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
+# The longest request line the document allows: GET /v1/preflight with 16 portals of
+# 261 characters, each UTF-8 character percent-encoded (12 bytes). aiohttp's default
+# (8190) refused such a query with a plain-text 400, before the error middleware.
+_MAX_REQUEST_LINE = 64 * 1024
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
 # ---- who may talk to us --------------------------------------------------------------
@@ -167,7 +174,12 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> None:
 
 
 def _flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "").lower()
+    values = request.query.getall(name, [])
+    if len(values) > 1:  # ?force=false&force=true: which one?
+        raise InvalidRequest(f"query.{name}", "given more than once")
+    if not values:
+        return False
+    value = values[0].lower()  # a bare ?force is no answer: refused, not taken for false
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -223,6 +235,34 @@ async def connector(request: web.Request) -> web.Response:
     return _json(_service(request).connector_properties())
 
 
+async def preflight(request: web.Request) -> web.Response:
+    _query(request, openapi.PREFLIGHT_QUERY)
+    values = request.query.getall("portal", [])
+    if len(values) > openapi.MAX_PREFLIGHT_PORTALS:
+        raise InvalidRequest("query.portal", f"at most {openapi.MAX_PREFLIGHT_PORTALS} portals")
+    portals = tuple(parse_portal(v, f"query.portal[{i}]") for i, v in enumerate(values))
+    checks = await request.app[PREFLIGHT].run(Options(portals, _flag(request, "fc")))
+    return _json(report(checks))
+
+
+async def health(request: web.Request) -> web.Response:
+    """A fresh check of every attached volume (no repair: that is the periodic loop's)."""
+    _query(request, ())
+    monitor = request.app[HEALTH]
+    if monitor is None:
+        raise NotFound("health checks are not enabled in this agent")
+    return _json(report_to_dict(await monitor.check()))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    _query(request, ())
+    registry = request.app[METRICS]
+    if registry is None:
+        raise NotFound("metrics are not enabled in this agent")
+    body, content_type = registry.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def spec(request: web.Request) -> web.Response:
     return _json(openapi.SPEC)
 
@@ -249,8 +289,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status == 404:
             return error_response(NotFound(f"no route {request.method} {request.path}"))
         code = "method_not_allowed" if exc.status == 405 else "http_error"
-        return _json({"error": {"code": code, "message": exc.reason, "details": {}}},
-                     exc.status)
+        answer = _json({"error": {"code": code, "message": exc.reason, "details": {}}},
+                       exc.status)
+        if "Allow" in exc.headers:  # a 405 must say which methods the path has (RFC 9110)
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _json({"error": {"code": "internal_error", "details": {},
@@ -263,6 +306,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 SERVICE = web.AppKey("service", Service)
 PEER_CHECK = web.AppKey[PeerCheck | None]("peer_check")
 MAX_BODY = web.AppKey("max_body", int)
+PREFLIGHT = web.AppKey("preflight", Preflight)
+HEALTH = web.AppKey[HealthMonitor | None]("health")
+METRICS = web.AppKey[Metrics | None]("metrics")
 
 ROUTES = (
     ("GET", "/v1/attachments", list_attachments),
@@ -271,16 +317,27 @@ ROUTES = (
     ("DELETE", "/v1/attachments/{attachment_id}", detach),
     ("POST", "/v1/attachments/{attachment_id}/extend", extend),
     ("GET", "/v1/connector", connector),
+    ("GET", "/v1/preflight", preflight),
+    ("GET", "/v1/health", health),
+    ("GET", "/metrics", metrics),
     ("GET", "/v1/openapi.json", spec),
 )
 
 
-def make_app(service: Service, *, peer_check: PeerCheck | None,
-             max_body_bytes: int = 64 * 1024) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+def make_app(service: Service, *, peer_check: PeerCheck | None, preflight: Preflight,
+             max_body_bytes: int = 64 * 1024, health: HealthMonitor | None = None,
+             metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes,
+                          handler_args={"max_line_size": _MAX_REQUEST_LINE})
     app[SERVICE] = service
     app[PEER_CHECK] = peer_check
     app[MAX_BODY] = max_body_bytes
+    app[PREFLIGHT] = preflight
+    app[HEALTH] = health
+    app[METRICS] = metrics
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        # aiohttp's default segment pattern leaves out '{' and '}': an id holding one
+        # answered 404 "no route" instead of 400 naming attachment_id.
+        app.router.add_route(method, path.replace("{attachment_id}",
+                                                  "{attachment_id:[^/]+}"), handler)
     return app

@@ -1,4 +1,5 @@
-"""hostagent-cli: attach, detach, list, show, extend and connector over the agent's socket.
+"""hostagent-cli: attach, detach, list, show, extend and connector over the agent's socket;
+preflight and multipath run on the node itself (hostagent.localcli).
 
 Exit statuses are named in hostagent.exitcodes; `--json` prints the API's answers
 (errors included) as JSON on stdout. While an attach or detach runs, its phases
@@ -17,30 +18,43 @@ import threading
 import time
 import uuid
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from hostagent import __version__
 from hostagent.client import Client, ClientError
 from hostagent.config import Config
-from hostagent.exitcodes import ExitCode
+from hostagent.exitcodes import ExitCode, HealthExit
 
 SOCKET_ENV = "HOSTAGENT_SOCKET"
 POLL_INTERVAL = 0.25  # s between progress reads; only while a command waits
 
 
-def _read_text(source: str, what: str) -> str:
+def _read_text(source: str, what: str, field: str) -> str:
     try:
         if source == "-":
             return sys.stdin.read()
         with open(source) as f:
             return f.read()
-    except OSError as err:
-        raise ClientError(f"cannot read {what} from {source}: {err.strerror}",
-                          ExitCode.INVALID, code="invalid_request") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else f"not UTF-8 text ({err.reason})"
+        raise ClientError(f"cannot read {what} from {source}: {reason}", ExitCode.INVALID,
+                          code="invalid_request", details={"field": field}) from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # As the agent does: a key given twice is refused, not settled by the last one.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        result[key] = value
+    return result
 
 
 def _chap_secret(args: argparse.Namespace) -> str:
     if args.chap_secret_file:
-        secret = _read_text(args.chap_secret_file, "the CHAP secret").strip()
+        secret = _read_text(args.chap_secret_file, "the CHAP secret",
+                            "--chap-secret-file").strip()
     elif sys.stdin.isatty():
         secret = getpass.getpass(f"CHAP secret for {args.chap_user}: ")
     else:
@@ -54,15 +68,17 @@ def _chap_secret(args: argparse.Namespace) -> str:
 
 def connection_info(args: argparse.Namespace) -> dict[str, Any]:
     if args.connection_info:
-        text = _read_text(args.connection_info, "connection_info")
+        text = _read_text(args.connection_info, "connection_info", "connection_info")
         try:
-            info = json.loads(text)
-        except ValueError as err:
-            raise ClientError(f"connection_info is not valid JSON: {err}", ExitCode.INVALID,
-                              code="invalid_request") from None
+            info = json.loads(text, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else err
+            raise ClientError(f"connection_info is not valid JSON: {reason}", ExitCode.INVALID,
+                              code="invalid_request",
+                              details={"field": "connection_info"}) from None
         if not isinstance(info, dict):
             raise ClientError("connection_info must be a JSON object", ExitCode.INVALID,
-                              code="invalid_request")
+                              code="invalid_request", details={"field": "connection_info"})
         return info
     if not (args.portal and args.iqn and args.lun is not None):
         raise ClientError("give --connection-info FILE|- or all of --portal, --iqn and --lun",
@@ -111,6 +127,39 @@ def table(attachments: list[dict[str, Any]]) -> str:
                      for r in rows)
 
 
+def health_text(report: dict[str, Any]) -> str:
+    """The health report as a table of volumes, each with its paths and reasons."""
+    lines = [f"overall: {report['status']} ({len(report['attachments'])} attached volume(s); "
+             f"self-heal {'on' if report['self_heal']['enabled'] else 'off'})"]
+    rows = [("ID", "STATUS", "DEVICE", "PATHS", "PROBE", "VOLUME")]
+    for a in report["attachments"]:
+        probe = a.get("probe")
+        rows.append((a["id"], a["status"], a["device"], f"{a['paths_up']}/{a['paths_expected']}",
+                     "-" if probe is None else ("ok" if probe["ok"] else "FAILED"),
+                     a.get("volume_id") or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    for a in report["attachments"]:
+        if a["status"] == "healthy":
+            continue
+        lines.append(f"{a['id']}:")
+        for p in a["paths"]:
+            where = "".join(f" {v}" for v in (p.get("device"), p.get("hctl")) if v)
+            lines.append(f"  path {p['path']}{where}: {p['state']}"
+                         + (f" ({'; '.join(p['problems'])})" if p["problems"] else ""))
+        lines += [f"  reason: {r}" for r in a["reasons"]]
+    for action in report["self_heal"]["actions"][-5:]:
+        lines.append(f"self-heal {time.strftime('%H:%M:%S', time.localtime(action['at']))} "
+                     f"{action['attachment_id']}: {action['action']} {action['path']}: "
+                     f"{action['outcome']} ({action['message']})")
+    return "\n".join(lines)
+
+
+def health_exit(report: dict[str, Any]) -> HealthExit:
+    return HealthExit[str(report.get("status", "failed")).upper()]
+
+
 class Progress:
     """Shows the phases of a running operation, read from GET /v1/attachments/{id}
     by a thread of its own while the main thread waits for the answer."""
@@ -134,7 +183,7 @@ class Progress:
         seen = None
         while not self.done.wait(POLL_INTERVAL):
             with contextlib.suppress(ClientError):
-                _, att = self.client.request("GET", f"/v1/attachments/{self.attachment_id}")
+                _, att = self.client.request("GET", _path(self.attachment_id))
                 phase = att.get("phase")
                 if phase and phase != seen and not self.done.is_set():
                     print(f"  {time.monotonic() - self.start:6.2f}s  {phase}", file=self.out,
@@ -152,6 +201,12 @@ def _with_progress(client: Client, attachment_id: str, show: bool,
 
 # ---- commands -----------------------------------------------------------------------
 
+def _path(attachment_id: str, rest: str = "") -> str:
+    """The attachment's URL path, its id percent-encoded: an id holding '?', '/', '#' or
+    a space is refused by the agent as an id, never read as a query or another path."""
+    return f"/v1/attachments/{quote(attachment_id, safe='', errors='surrogatepass')}{rest}"
+
+
 def run(args: argparse.Namespace) -> tuple[Any, str]:
     """The JSON answer and its human form."""
     show = not args.json
@@ -165,7 +220,7 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         options: dict[str, Any] = {}
         if args.multipath is not None:
             options["multipath"] = args.multipath
-        if args.timeout:
+        if args.timeout is not None:
             options["timeout"] = args.timeout
         if options:
             body["options"] = options
@@ -174,18 +229,21 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         verb = "attached" if status == 201 else "already attached"
         return att, f"{verb} {_describe(att)}"
     if args.command == "detach":
-        _, att = _with_progress(client, args.id, show, "DELETE", f"/v1/attachments/{args.id}",
+        _, att = _with_progress(client, args.id, show, "DELETE", _path(args.id),
                                 query={"force": "true"} if args.force else None)
         return att, _describe(att)
     if args.command == "extend":
-        _, att = client.request("POST", f"/v1/attachments/{args.id}/extend")
+        _, att = client.request("POST", _path(args.id, "/extend"))
         return att, f"{_describe(att)}, {att['device']['size_bytes']} bytes"
     if args.command == "show":
-        _, att = client.request("GET", f"/v1/attachments/{args.id}")
+        _, att = client.request("GET", _path(args.id))
         return att, json.dumps(att, indent=2)
     if args.command == "list":
         _, answer = client.request("GET", "/v1/attachments")
         return answer, table(answer["attachments"])
+    if args.command == "health":
+        _, report = client.request("GET", "/v1/health")
+        return report, health_text(report)
     _, props = client.request("GET", "/v1/connector")
     return props, "\n".join(f"{k}: {v}" for k, v in sorted(props.items()))
 
@@ -224,13 +282,39 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser(name, parents=[common], help=text).add_argument("id")
     sub.add_parser("list", parents=[common], help="attachments as a table")
     sub.add_parser("connector", parents=[common], help="os-brick's connector properties")
+    sub.add_parser("health", parents=[common],
+                   help="check the attached volumes now (exit 0 healthy, 1 degraded, 2 failed)")
+    _local_parsers(sub, common)
     return p
+
+
+LOCAL_COMMANDS = ("preflight", "multipath")
+
+
+def _local_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("preflight", parents=[common],
+                       help="check this node's prerequisites (no daemon needed)")
+    p.add_argument("--portal", action="append", default=[],
+                   help="ip[:port] of an array portal to reach; repeat for each")
+    p.add_argument("--fc", action="store_true", help="also check Fibre Channel")
+    p.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                   help="for each portal's TCP connect (default 3)")
+    m = sub.add_parser("multipath", parents=[common],
+                       help="hostagent's vendor multipath settings (no daemon needed)")
+    m.add_argument("action", choices=("install", "check", "show"),
+                   help="install the stanzas and reconfigure multipathd; check that they "
+                        "are in effect and nothing conflicts; show the effective values")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     args.socket = getattr(args, "socket", None) or os.environ.get(SOCKET_ENV) or Config.socket
+    if args.command in LOCAL_COMMANDS:
+        # Imported here so the commands that only talk to the socket stay on the
+        # standard library (pyroute2 and asyncio alone cost ~0.2 s per call).
+        from hostagent import localcli
+        return localcli.main(args)
     try:
         answer, text = run(args)
     except ClientError as err:
@@ -245,4 +329,4 @@ def main(argv: list[str] | None = None) -> int:
               "(see 'hostagent-cli list')", file=sys.stderr)
         return ExitCode.FAILED
     print(json.dumps(answer, indent=2) if args.json else text)
-    return ExitCode.OK
+    return health_exit(answer) if args.command == "health" else ExitCode.OK

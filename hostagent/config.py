@@ -19,7 +19,7 @@ from hostagent.errors import InvalidConfig
 from hostagent.host.fs import ETC_HOSTAGENT, RUN_HOSTAGENT, VAR_LIB_HOSTAGENT
 
 DEFAULT_PATH = f"{ETC_HOSTAGENT}/hostagent.conf"
-ENGINES = ("native",)  # "os-brick" joins with connectors/brick.py
+ENGINES = ("native", "os-brick")  # os-brick: connectors/brick.py
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,12 @@ class Config:
     command_timeout: float = 30.0
     max_parallel_commands: int = 16
     detached_retention: float = 24 * 3600.0  # how long a finished detach is remembered
+    # [health]
+    health_interval: float = 30.0  # s between periodic checks
+    self_heal: bool = True
+    heal_interval: float = 60.0  # s at least between two repairs of one path
+    probe_read: bool = True  # one-block O_DIRECT read of each device per check
+    probe_timeout: float = 10.0
 
     def allowed_uids(self) -> frozenset[int]:
         return frozenset(_ids(self.allowed_users, lambda n: pwd.getpwnam(n).pw_uid))
@@ -149,6 +155,13 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "command": ("command_timeout", _positive),
         "max_parallel_commands": ("max_parallel_commands", _count),
         "detached_retention": ("detached_retention", _positive),
+    },
+    "health": {
+        "interval": ("health_interval", _positive),
+        "self_heal": ("self_heal", _bool),
+        "heal_interval": ("heal_interval", _positive),
+        "probe_read": ("probe_read", _bool),
+        "probe_timeout": ("probe_timeout", _positive),
     },
 }
 

@@ -32,6 +32,7 @@ MAX_CHAP_LEN: Final = 255
 MAX_VOLUME_ID_LEN: Final = 255
 MAX_WWN_LEN: Final = 64
 MAX_HOSTNAME_LEN: Final = 253
+MAX_PORTAL_LEN: Final = MAX_HOSTNAME_LEN + 8  # host, ':' and a port; or [IPv6]:port
 # Far beyond any real array's port count; bounds work done on hostile input.
 MAX_ITEMS: Final = 256
 
@@ -173,7 +174,7 @@ def _zipped_targets(
 
 def parse_portal(value: object, field: str) -> Portal:
     """"host[:port]" with an IPv4 address, "[IPv6]" or a DNS name; port defaults to 3260."""
-    text = _text(value, field, max_len=MAX_HOSTNAME_LEN + 8)
+    text = _text(value, field, max_len=MAX_PORTAL_LEN)
     bracketed = _BRACKETED_RE.fullmatch(text)
     if bracketed:
         return Portal(_ipv6(bracketed.group(1), field), _port(bracketed.group(2), field))

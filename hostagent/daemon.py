@@ -14,24 +14,31 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from hostagent import __version__, config, logs
+from hostagent import __version__, config, crashhook, logs
 from hostagent.api import PeerCheck, make_app
 from hostagent.config import Config
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
 from hostagent.connectors.base import Connector
+from hostagent.connectors.brick import BrickOptions, brick_connectors
 from hostagent.connectors.fc import FcConnector, FcOptions
 from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
 from hostagent.errors import HostAgentError
 from hostagent.exitcodes import ExitCode
-from hostagent.host.executor import AsyncExecutor
+from hostagent.health import HealthMonitor, HealthOptions
+from hostagent.host.executor import AsyncExecutor, Executor
 from hostagent.host.fs import HostFS
-from hostagent.host.multipath import SocketClient
+from hostagent.host.multipath import MultipathdClient, SocketClient
+from hostagent.host.net import HostNet
 from hostagent.host.udev import PyudevWatcher
 from hostagent.locks import TargetLocks
+from hostagent.metrics import Metrics, report_preflight
+from hostagent.mpathconf import MultipathConfig
+from hostagent.preflight import Preflight
 from hostagent.service import Service
 from hostagent.state import Store
 
@@ -44,6 +51,9 @@ class Agent:
     service: Service
     store: Store
     peer_check: PeerCheck
+    preflight: Preflight
+    health: HealthMonitor | None = None
+    metrics: Metrics | None = None
 
 
 def build(cfg: Config, fs: HostFS | None = None) -> Agent:
@@ -52,21 +62,46 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
     executor = AsyncExecutor(max_parallel=cfg.max_parallel_commands)
     # One udev watcher and one lock table for both engines (IQNs and WWPNs never collide).
     udev, locks, multipathd = PyudevWatcher(), TargetLocks(cfg.lock_path), SocketClient()
+    run, mpd = _engine_seams(executor, multipathd)
     iscsi = IscsiConnector(
-        executor, fs, udev, multipathd, locks=locks,
+        run, fs, udev, mpd, locks=locks,
         options=IscsiOptions(iface=cfg.iface, login_timeout=cfg.login_timeout,
                              login_attempts=cfg.login_attempts,
                              device_timeout=cfg.device_timeout,
                              command_timeout=cfg.command_timeout))
-    fc = FcConnector(executor, fs, udev, multipathd, locks=locks,
+    fc = FcConnector(run, fs, udev, mpd, locks=locks,
                      options=FcOptions(device_timeout=cfg.device_timeout,
                                        command_timeout=cfg.command_timeout))
     connectors: dict[str, Connector] = {ISCSI: iscsi, FIBRE_CHANNEL: fc}
+    if cfg.engine == "os-brick":  # loads os-brick now, not at the first attach
+        connectors = brick_connectors(fs, BrickOptions(lock_path=cfg.lock_path), connectors)
     store = Store(cfg.state_dir)
+    metrics = Metrics(attachments=lambda: Counter(a.status.value for a in store.list()),
+                      commands=lambda: executor.counts, socket_calls=lambda: multipathd.calls)
     service = Service(store, connectors, multipath=cfg.multipath,
                       attach_timeout=cfg.attach_timeout, detach_timeout=cfg.detach_timeout,
-                      detached_retention=cfg.detached_retention)
-    return Agent(cfg, service, store, PeerCheck(fs, cfg.allowed_uids(), cfg.allowed_gids()))
+                      detached_retention=cfg.detached_retention,
+                      observe=metrics.observe_operation)
+    health = HealthMonitor(service, fs, multipathd, metrics=metrics,
+                           command_timeout=cfg.command_timeout, options=HealthOptions(
+                               interval=cfg.health_interval, self_heal=cfg.self_heal,
+                               heal_interval=cfg.heal_interval, probe=cfg.probe_read,
+                               probe_timeout=cfg.probe_timeout))
+    preflight = Preflight(fs, executor, multipathd, HostNet(),
+                          MultipathConfig(fs, executor, multipathd), observe=report_preflight)
+    return Agent(cfg, service, store, PeerCheck(fs, cfg.allowed_uids(), cfg.allowed_gids()),
+                 preflight, health, metrics)
+
+
+def _engine_seams(executor: Executor, multipathd: MultipathdClient
+                  ) -> tuple[Executor, MultipathdClient]:
+    """The engines' seams; under the crash test hook, each of their host commands
+    is a place to die (health checks and preflight stay out of the count)."""
+    hook = crashhook.from_environment()
+    if hook is None:
+        return executor, multipathd
+    return crashhook.CrashingExecutor(executor, hook), crashhook.CrashingMultipathd(
+        multipathd, hook)
 
 
 def _socket_group(name: str) -> int | None:
@@ -97,7 +132,8 @@ async def serve(cfg: Config) -> None:
     counts = await agent.service.reconcile()
     if counts["failed"]:
         log.error("%d attachments could not be reconciled; see above", counts["failed"])
-    app = make_app(agent.service, peer_check=agent.peer_check,
+    app = make_app(agent.service, peer_check=agent.peer_check, preflight=agent.preflight,
+                   health=agent.health, metrics=agent.metrics,
                    max_body_bytes=cfg.max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -111,12 +147,16 @@ async def serve(cfg: Config) -> None:
     secure_socket(cfg)
     log.info("hostagent %s serving on %s (engine %s, multipath %s)", __version__, cfg.socket,
              cfg.engine, "on" if cfg.multipath else "off")
+    if agent.health is not None:  # after reconcile: only settled attachments are checked
+        agent.health.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: waiting for running operations")
+    if agent.health is not None:
+        await agent.health.stop()
     await runner.cleanup()
     await agent.service.close()
     agent.store.close()

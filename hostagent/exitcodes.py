@@ -30,6 +30,22 @@ class ExitCode(IntEnum):
         return cls.for_status(err.http_status)
 
 
+class CheckExit(IntEnum):
+    """hostagent-cli preflight and multipath check: the worst status found."""
+
+    PASS = 0
+    WARN = 1
+    FAIL = 2
+
+
+class HealthExit(IntEnum):
+    """hostagent-cli health: the worst verdict of the attached volumes."""
+
+    HEALTHY = 0
+    DEGRADED = 1
+    FAILED = 2
+
+
 _BY_STATUS = {400: ExitCode.INVALID, 403: ExitCode.FORBIDDEN, 404: ExitCode.NOT_FOUND,
               409: ExitCode.CONFLICT, 410: ExitCode.GONE, 412: ExitCode.CONFLICT,
               502: ExitCode.HOST, 504: ExitCode.TIMEOUT}

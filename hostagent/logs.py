@@ -10,6 +10,9 @@ import sys
 op_id: contextvars.ContextVar[str] = contextvars.ContextVar("op_id", default="-")
 
 FORMAT = "%(asctime)s %(levelname)s op=%(op_id)s %(name)s: %(message)s"
+# Libraries whose DEBUG is a dump of their protocol (pyroute2 logs every netlink
+# message): hostagent's DEBUG is about hostagent, theirs stays at WARNING.
+QUIET = ("pyroute2", "os_brick", "oslo_concurrency", "oslo.privsep.daemon", "urllib3")
 
 
 class _OpIdFilter(logging.Filter):
@@ -25,3 +28,5 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

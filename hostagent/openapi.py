@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from hostagent.connection_info import MAX_PORTAL_LEN
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_TIMEOUT = 3600
 
 ATTACH_FIELDS = ("attachment_id", "volume_id", "connection_info", "options")
 OPTION_FIELDS = ("multipath", "timeout")
 DETACH_QUERY = ("force",)
+PREFLIGHT_QUERY = ("portal", "fc")
+MAX_PREFLIGHT_PORTALS = 16
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -92,6 +96,42 @@ SPEC: dict[str, Any] = {
                     "responses": {"200": _answer("os-brick's connector properties",
                                                  {"type": "object"}), **_errors(*_COMMON)}},
         },
+        "/v1/preflight": {
+            "get": {"operationId": "preflight",
+                    "description": "Check the node's prerequisites, as `hostagent-cli "
+                                   "preflight` does. Always 200: `status` is the worst check "
+                                   "(pass, warn, fail); each failing check has a remedy.",
+                    "parameters": [
+                        {"name": "portal", "in": "query", "required": False,
+                         "description": "ip[:port] of an array portal to reach; repeat it",
+                         "style": "form", "explode": True,
+                         "schema": {"type": "array", "maxItems": MAX_PREFLIGHT_PORTALS,
+                                    "items": {"type": "string", "minLength": 1,
+                                              "maxLength": MAX_PORTAL_LEN}}},
+                        {"name": "fc", "in": "query", "required": False,
+                         "schema": {"type": "boolean"}}],
+                    "responses": {"200": _answer("the checks", {
+                        "$ref": "#/components/schemas/Preflight"}), **_errors(*_COMMON)}},
+        },
+        "/v1/health": {
+            "get": {"operationId": "health",
+                    "description": "Check every attached volume now: expected against present "
+                                   "paths, session, connection, disk, multipathd and FC port "
+                                   "states, the map, sizes, an optional read probe. Always "
+                                   "200: `status` is the worst verdict (healthy, degraded, "
+                                   "failed). Repairs are made by the periodic check only.",
+                    "responses": {"200": _answer("the verdicts", {
+                        "$ref": "#/components/schemas/Health"}), **_errors(*_COMMON, 404)}},
+        },
+        "/metrics": {
+            "get": {"operationId": "metrics",
+                    "description": "Prometheus text exposition: attachments and paths by "
+                                   "state, operation latency, host commands, self-heal "
+                                   "actions, preflight results.",
+                    "responses": {"200": {"description": "metrics", "content": {
+                        "text/plain": {"schema": {"type": "string"}}}},
+                        **_errors(403, 404, 500)}},
+        },
         "/v1/openapi.json": {
             "get": {"operationId": "openapi",
                     "responses": {"200": _answer("this document", {"type": "object"}),
@@ -105,7 +145,7 @@ SPEC: dict[str, Any] = {
                 "attachment_id": {"type": "string", "pattern": ID_PATTERN,
                                   "description": "chosen by the caller to make retries safe; "
                                                  "a new UUID when absent"},
-                "volume_id": {"type": "string", "minLength": 1, "maxLength": 255},
+                "volume_id": {"type": "string", "pattern": ID_PATTERN},
                 "connection_info": {"type": "object", "description": "Cinder's, wrapped "
                                     "({driver_volume_type, data}) or the bare data dict"},
                 "options": {"type": "object", "additionalProperties": False, "properties": {
@@ -134,6 +174,42 @@ SPEC: dict[str, Any] = {
             "connection_info": {"type": "object", "description": "secrets shown as ***"},
             "last_error": {"type": "object", "nullable": True},
             "created_at": {"type": "number"}, "updated_at": {"type": "number"}}},
+        "Preflight": {"type": "object", "required": ["status", "checks"], "properties": {
+            "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+            "checks": {"type": "array", "items": {
+                "type": "object", "required": ["id", "status", "detail"], "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["pass", "warn", "fail"]},
+                    "detail": {"type": "string"}, "remedy": {"type": "string"},
+                    "packages": {"type": "object",
+                                 "additionalProperties": {"type": "string"}}}}}}},
+        "Health": {"type": "object", "required": ["status", "attachments"], "properties": {
+            "status": {"type": "string", "enum": ["healthy", "degraded", "failed"]},
+            "checked_at": {"type": "number"},
+            "attachments": {"type": "array", "items": {
+                "type": "object", "required": ["id", "status", "reasons", "paths"],
+                "properties": {
+                    "id": {"type": "string"}, "volume_id": {"type": "string", "nullable": True},
+                    "protocol": {"type": "string"}, "device": {"type": "string"},
+                    "wwn": {"type": "string"},
+                    "status": {"type": "string", "enum": ["healthy", "degraded", "failed"]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "paths_up": {"type": "integer"}, "paths_expected": {"type": "integer"},
+                    "paths": {"type": "array", "items": {"type": "object", "properties": {
+                        "path": {"type": "string"},
+                        "state": {"type": "string", "enum": ["up", "down", "missing"]},
+                        "problems": {"type": "array", "items": {"type": "string"}}}}},
+                    "map": {"type": "object"}, "remote_ports": {"type": "array",
+                                                               "items": {"type": "object"}},
+                    "probe": {"type": "object", "nullable": True},
+                    "history": {"type": "array", "items": {"type": "object"}}}}},
+            "self_heal": {"type": "object", "properties": {
+                "enabled": {"type": "boolean"},
+                "actions": {"type": "array", "items": {"type": "object"}}}},
+            "history": {"type": "array", "items": {"type": "object", "properties": {
+                "at": {"type": "number"}, "attachment_id": {"type": "string"},
+                "from": {"type": "string"}, "to": {"type": "string"},
+                "reasons": {"type": "array", "items": {"type": "string"}}}}}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message", "details"], "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"},

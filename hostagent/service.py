@@ -18,13 +18,12 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from hostagent import crashhook
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.connectors.base import Connector
 from hostagent.errors import (
@@ -46,11 +45,6 @@ REDACTED = "***"
 # The keys of connection_info that hold a secret, in the data dict.
 SECRET_KEYS = frozenset({"auth_password", "auth_password_in", "discovery_auth_password",
                          "discovery_auth_password_in"})
-# Test hook (kernel tests of crash recovery): when this names a file, the agent
-# SIGKILLs itself as soon as an operation reports a phase that starts with the
-# file's (non-empty) text; read at every phase, so one agent can be set for
-# several crashes in turn.
-CRASH_FILE_ENV = "HOSTAGENT_CRASH_FILE"
 _LIVE = (Status.ATTACHING, Status.ATTACHED, Status.DETACHING)
 
 
@@ -88,7 +82,8 @@ def _volume_key(spec: VolumeSpec) -> frozenset[tuple[str, int]]:
 class Service:
     def __init__(self, store: Store, connectors: Mapping[str, Connector], *,
                  multipath: bool = True, attach_timeout: float = 180.0,
-                 detach_timeout: float = 180.0, detached_retention: float = 86400.0) -> None:
+                 detach_timeout: float = 180.0, detached_retention: float = 86400.0,
+                 observe: Callable[[str, float, bool], None] | None = None) -> None:
         self.store = store
         self.connectors = connectors
         self.multipath = multipath
@@ -98,7 +93,9 @@ class Service:
         self._key = store.key()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._crash_file = os.environ.get(CRASH_FILE_ENV) or None
+        self._crash = crashhook.from_environment()  # kernel tests of crash recovery
+        # (operation, seconds, succeeded) of every attach, detach and extend: metrics.
+        self._observe = observe
 
     # ---- queries -----------------------------------------------------------------
     def get(self, attachment_id: str) -> Attachment:
@@ -155,7 +152,7 @@ class Service:
                 created_at=now, updated_at=now, volume_id=req.volume_id, phase="starting"))
             log.info("attach %s: %s volume %s", req.attachment_id, protocol_of(req.spec),
                      req.volume_id or "-")
-            return await self._run(self._attach(connector, req)), True
+            return await self._timed("attach", self._attach(connector, req)), True
 
     def _refuse_second_attachment(self, req: AttachRequest) -> None:
         key = _volume_key(req.spec)
@@ -198,7 +195,7 @@ class Service:
             self.store.update(attachment_id, status=Status.DETACHING, force=force,
                               phase="starting")
             log.info("detach %s%s", attachment_id, " (force)" if force else "")
-            return await self._run(self._detach(connector, att, force))
+            return await self._timed("detach", self._detach(connector, att, force))
 
     async def _detach(self, connector: Connector, att: Attachment, force: bool) -> Attachment:
         spec = parse(att.connection_info)
@@ -237,7 +234,8 @@ class Service:
                                status=att.status.value)
             connector = self._connector(att.protocol)
             device = att.device
-            size = await self._run(connector.extend(parse(att.connection_info), device))
+            size = await self._timed("extend", connector.extend(parse(att.connection_info),
+                                                                device))
             att = self.store.update(attachment_id, device=replace(device, size_bytes=size))
             log.info("extended %s: %s is %d bytes", attachment_id, device.path, size)
             return att
@@ -290,6 +288,21 @@ class Service:
     def _lock(self, attachment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(attachment_id, asyncio.Lock())
 
+    def attachment_lock(self, attachment_id: str) -> asyncio.Lock:
+        """The lock every operation on the attachment holds (self-healing takes it too)."""
+        return self._lock(attachment_id)
+
+    async def _timed(self, operation: str, coro: Awaitable[T]) -> T:
+        start = time.monotonic()
+        ok = False
+        try:
+            result = await self._run(coro)
+            ok = True
+            return result
+        finally:
+            if self._observe is not None:
+                self._observe(operation, time.monotonic() - start, ok)
+
     async def _run(self, coro: Awaitable[T]) -> T:
         """Run an operation as its own task; the caller going away does not stop it."""
         task: asyncio.Task[T] = asyncio.ensure_future(coro)
@@ -302,20 +315,9 @@ class Service:
             log.info("%s: %s", attachment_id, phase)
             with contextlib.suppress(NotFound):
                 self.store.update(attachment_id, phase=phase)
-            if self._crash_file:
-                self._crash_hook(phase, self._crash_file)
+            if self._crash is not None:
+                self._crash.phase(phase)
         return report
-
-    @staticmethod
-    def _crash_hook(phase: str, path: str) -> None:
-        try:
-            with open(path) as f:
-                at = f.read().strip()
-        except OSError:
-            return
-        if at and phase.startswith(at):
-            log.critical("test hook %s: killing the agent at %r", CRASH_FILE_ENV, phase)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _failed(self, attachment_id: str, status: Status, exc: BaseException) -> None:
         error = exc.to_dict() if isinstance(exc, HostAgentError) else {

@@ -8,6 +8,7 @@ in tests (built with relative symlinks, the way the kernel lays out sysfs).
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,11 @@ DEV = "/dev"
 ETC_ISCSI = "/etc/iscsi"
 VAR_LIB_ISCSI = "/var/lib/iscsi"  # RHEL's node db
 ETC_MULTIPATH = "/etc/multipath"
+MULTIPATH_CONF = "/etc/multipath.conf"
+MULTIPATH_CONF_DIR = "/etc/multipath/conf.d"  # multipath-tools' built-in config_dir
+SYS_MODULE = "/sys/module"
+# Where preflight looks for the tools hostagent runs (systemd's default PATH).
+BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 UDEV_DB = "/run/udev/data"
 PROC = "/proc"
 # The agent's own places (defaults of its configuration).
@@ -80,6 +86,24 @@ class HostFS:
     def realpath(self, host_path: str) -> str:
         return self.host_path(self.path(host_path).resolve())
 
+    def is_executable(self, host_path: str) -> bool:
+        path = self.path(host_path)
+        return path.is_file() and os.access(path, os.X_OK)
+
+    def replace_file(self, host_path: str, text: str, mode: int = 0o644) -> None:
+        """Write a whole configuration file so that a reader sees the old or the
+        new content, never a part: a temporary file renamed over it."""
+        path = self.path(host_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.hostagent-tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        with os.fdopen(os.open(tmp, flags, mode), "w") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)  # the umask must not narrow it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
     def unlink(self, host_path: str) -> None:
         self.path(host_path).unlink(missing_ok=True)
 
@@ -98,6 +122,18 @@ class HostFS:
                 f.write(new)
                 f.flush()
                 os.fsync(f.fileno())
+
+    def read_direct(self, dev_path: str, size: int = 4096) -> int:
+        """Read `size` bytes at offset 0 of a block device with O_DIRECT: the read
+        reaches the device, not the page cache. The bytes read. Blocks as long as
+        the device does (a queueing map): callers run it off the event loop."""
+        buf = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT wants
+        fd = os.open(self.path(dev_path), os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        try:
+            return os.readv(fd, [buf])
+        finally:
+            os.close(fd)
+            buf.close()
 
     def flush_buffers(self, dev_path: str) -> None:
         """BLKFLSBUF on a block device: what `blockdev --flushbufs` does, in-process."""

@@ -85,6 +85,26 @@ def parse_maps_json(text: str) -> dict[str, list[MapPath]]:
     return result
 
 
+@dataclass(frozen=True)
+class MapInfo:
+    """One map as multipathd reports it: its dm name, table features, paths."""
+
+    wwid: str
+    sysfs: str  # dm-N
+    features: str  # e.g. "1 queue_if_no_path"
+    paths: tuple[MapPath, ...]
+
+
+def parse_map_infos(text: str) -> dict[str, MapInfo]:
+    """`show maps json` -> each map with its features and paths, by WWID."""
+    doc: dict[str, Any] = json.loads(text)
+    return {m["uuid"]: MapInfo(m["uuid"], m.get("sysfs", ""), m.get("features", ""),
+                               tuple(MapPath(p["dev"], p.get("dm_st", ""), p.get("chk_st", ""))
+                                     for g in m.get("path_groups", [])
+                                     for p in g.get("paths", [])))
+            for m in doc.get("maps", [])}
+
+
 def add_wwid_line(text: str, wwid: str) -> str:
     line = f"/{wwid}/"
     if line in text.splitlines():
@@ -144,6 +164,10 @@ class Multipath:
 
     async def paths(self) -> dict[str, list[MapPath]]:
         return parse_maps_json(await self.client.command("show maps json",
+                                                         timeout=self.timeout))
+
+    async def map_infos(self) -> dict[str, MapInfo]:
+        return parse_map_infos(await self.client.command("show maps json",
                                                          timeout=self.timeout))
 
     def map_device(self, wwid: str) -> str | None:

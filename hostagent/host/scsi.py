@@ -49,6 +49,12 @@ def iscsi_sessions(fs: HostFS) -> list[IscsiSession]:
     return sessions
 
 
+def connection_state(fs: HostFS, sid: int) -> str | None:
+    """The state of a session's connection (up, down, failed, bound), where the
+    kernel shows it (5.x and later)."""
+    return fs.try_read(f"{SYS_CLASS}/iscsi_connection/connection{sid}:0/state")
+
+
 def scan_lun(fs: HostFS, host: int, channel: int, target_id: int, lun: int) -> None:
     """Scan exactly one LUN: never the '- - -' wildcard that probes the whole bus."""
     fs.write(f"{SYS_CLASS}/scsi_host/host{host}/scan", f"{channel} {target_id} {lun}")

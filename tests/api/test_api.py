@@ -30,7 +30,8 @@ def agent(tmp_path: Path) -> Agent:
 def call(agent: Agent, *requests: tuple[str, str, dict[str, Any]]) -> list[tuple[int, Any]]:
     """Make the requests in order against a fresh app; the answers with their status."""
     async def go() -> list[tuple[int, Any]]:
-        app = make_app(agent.service, peer_check=None, max_body_bytes=MAX_BODY)
+        app = make_app(agent.service, peer_check=None, preflight=agent.node.preflight,
+                       max_body_bytes=MAX_BODY)
         async with TestClient(TestServer(app)) as client:
             answers = []
             for method, path, kw in requests:

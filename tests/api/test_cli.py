@@ -30,7 +30,8 @@ class Server:
 
     def __init__(self, agent: Agent, directory: Path, peer_check: PeerCheck | None) -> None:
         self.socket = str(directory / "hostagent.sock")
-        self.app = make_app(agent.service, peer_check=peer_check)
+        self.app = make_app(agent.service, peer_check=peer_check,
+                            preflight=agent.node.preflight)
         self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(self.app)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

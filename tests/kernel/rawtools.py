@@ -64,7 +64,7 @@ def disks_with_wwid(wwid: str) -> list[str]:
 
 
 def wait_disks(wwid: str, count: int, timeout: float = 60) -> list[str]:
-    return wait_until(lambda: (d := disks_with_wwid(wwid)) and len(d) == count and d,
+    return wait_until(lambda: d if len(d := disks_with_wwid(wwid)) == count else None,
                       timeout=timeout, what=f"{count} disk(s) with WWID {wwid}")
 
 

@@ -9,12 +9,9 @@ unexports its LUNs before it brings the link back.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,83 +19,41 @@ import pytest
 from hostagent.connection_info import parse
 from hostagent.connectors.fc import FcConnector
 from hostagent.host.executor import AsyncExecutor
+from hostagent.host.fc import hbas
 from hostagent.host.fs import HostFS
 from hostagent.host.multipath import SocketClient
 from hostagent.host.udev import PyudevWatcher
-from hostagent.models import Device, FcVolume
+from hostagent.models import FcVolume
+from hostagent.preflight import Status, fc_check
 from tests.kernel import rawtools as raw
+from tests.kernel.engine import MIB, EngineHost, check_data, write_metrics
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.faults import Faults
 from tests.kernel.testbed.fcoe import FcArray, FcExport, FcFabric, rport
-from tests.kernel.testbed.sh import run, wait_until
+from tests.kernel.testbed.sh import wait_until
 
-MIB = 1024 * 1024
 METRICS: dict[str, Any] = {}
 
 
-class Host:
-    """The connector wired to the real host, with its counters."""
-
-    def __init__(self) -> None:
-        self.executor = AsyncExecutor()
-        self.mpd = SocketClient()
-        self.connector = FcConnector(self.executor, HostFS("/"), PyudevWatcher(), self.mpd)
-
-    async def attach(self, export: FcExport, multipath: bool = True) -> Device:
-        start = time.monotonic()
-        timeline: list[str] = []
-
-        def progress(phase: str) -> None:
-            timeline.append(f"{time.monotonic() - start:6.3f} {phase}")
-
-        device = await self.connector.attach(parse(export.connection_info),
-                                             multipath=multipath, progress=progress)
-        timeline.append(f"{time.monotonic() - start:6.3f} done")
-        METRICS.setdefault("timelines", []).append(timeline)
-        return device
-
-    async def detach(self, export: FcExport, device: Device) -> None:
-        result = await self.connector.detach(parse(export.connection_info), device)
-        assert not result.data_may_be_lost, result.warnings
+def native_host() -> EngineHost:
+    """The native FC engine on the real host."""
+    executor, mpd = AsyncExecutor(), SocketClient()
+    return EngineHost(FcConnector(executor, HostFS("/"), PyudevWatcher(), mpd),
+                      executor, mpd, METRICS)
 
 
 @pytest.fixture
-def host() -> Host:
-    return Host()
+def host() -> EngineHost:
+    return native_host()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def metrics() -> Iterator[dict[str, Any]]:
-    yield METRICS
-    out = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / "fc-metrics.json"
-    out.write_text(json.dumps(METRICS, indent=2, sort_keys=True))
+    yield from write_metrics(METRICS, "fc-metrics.json")
 
 
-def timed(name: str, host: Host, coro: Any) -> Any:
-    processes, commands = host.executor.calls, host.mpd.calls
-    start = time.monotonic()
-    result = asyncio.run(coro)
-    METRICS.setdefault(name, []).append({
-        "seconds": round(time.monotonic() - start, 3),
-        "processes": host.executor.calls - processes,
-        "multipathd_commands": host.mpd.calls - commands,
-    })
-    return result
-
-
-def check_data(path: str, size: int = 4 * MIB) -> None:
-    pattern = os.urandom(size)
-    fd = os.open(path, os.O_RDWR | os.O_SYNC)
-    try:
-        os.pwrite(fd, pattern, MIB)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    # Read back through a fresh open with the page cache dropped: the array has it.
-    run(["blockdev", "--flushbufs", path])
-    with open(path, "rb") as f:
-        f.seek(MIB)
-        assert f.read(size) == pattern
+def timed(name: str, host: EngineHost, coro: Any) -> Any:
+    return host.timed(name, coro)
 
 
 def assert_nothing_of(export: FcExport) -> None:
@@ -118,7 +73,7 @@ def wait_link_down(fabric: FcFabric, index: int) -> None:
     wait_until(down, timeout=30, what=f"link {link.initiator_if} to go down")
 
 
-def test_one_lun_gives_one_map_of_two_paths(fc_array: FcArray, host: Host) -> None:
+def test_one_lun_gives_one_map_of_two_paths(fc_array: FcArray, host: EngineHost) -> None:
     export = fc_array.export()
     assert isinstance(parse(export.connection_info), FcVolume)
     device = timed("fc_attach", host, host.attach(export))
@@ -128,13 +83,17 @@ def test_one_lun_gives_one_map_of_two_paths(fc_array: FcArray, host: Host) -> No
     assert {probe.vendor_model(p.device) for p in device.paths} == {("KMNRIO", "K2")}
     assert {p.target for p in device.paths} == {
         link.target_wwpn for link in fc_array.fabric.links}
+    # preflight --fc on the same sysfs: both initiator ports Online, by WWPN.
+    fc_ready = fc_check(hbas(HostFS("/")))
+    assert fc_ready.status == Status.PASS
+    assert all(link.initiator_wwpn in fc_ready.detail for link in fc_array.fabric.links)
     check_data(device.path)
     timed("fc_detach", host, host.detach(export, device))
     assert_nothing_of(export)
 
 
 def test_three_luns_attach_and_detach_in_shuffled_order(
-        fc_array: FcArray, host: Host) -> None:
+        fc_array: FcArray, host: EngineHost) -> None:
     # LUN 300: above the 255 of single-level peripheral addressing.
     exports = [fc_array.export(), fc_array.export(), fc_array.export(lun=300)]
     devices = {}
@@ -152,7 +111,7 @@ def test_three_luns_attach_and_detach_in_shuffled_order(
 
 
 def test_one_link_down_at_attach_gives_a_one_path_device_in_bounded_time(
-        fc_array: FcArray, host: Host, faults: Faults) -> None:
+        fc_array: FcArray, host: EngineHost, faults: Faults) -> None:
     fabric = fc_array.fabric
     export = fc_array.export()
     faults.fc_link_down(1)
@@ -177,7 +136,7 @@ def test_one_link_down_at_attach_gives_a_one_path_device_in_bounded_time(
 
 
 def test_a_link_down_and_up_while_attached_leaves_a_working_map(
-        fc_array: FcArray, host: Host, faults: Faults) -> None:
+        fc_array: FcArray, host: EngineHost, faults: Faults) -> None:
     fabric = fc_array.fabric
     export = fc_array.export()
     device = asyncio.run(host.attach(export))

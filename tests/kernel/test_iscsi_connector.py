@@ -7,7 +7,6 @@ loop device or LIO object may be left behind.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import time
@@ -26,82 +25,36 @@ from hostagent.host.multipath import SocketClient
 from hostagent.host.udev import PyudevWatcher
 from hostagent.models import Device, IscsiVolume
 from tests.kernel import rawtools as raw
+from tests.kernel.engine import MIB, EngineHost, check_data, write_metrics
 from tests.kernel.testbed import guest as guest_mod
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.faults import Faults
 from tests.kernel.testbed.lio import Chap, Export, IscsiArray
-from tests.kernel.testbed.sh import run
 
-MIB = 1024 * 1024
 METRICS: dict[str, Any] = {}
 
 
-class Host:
-    """The connector wired to the real host, with its counters."""
-
-    def __init__(self) -> None:
-        self.executor = AsyncExecutor()
-        self.mpd = SocketClient()
-        # Emulation: a burst of disks can keep udev busy past a real host's 30 s.
-        self.connector = IscsiConnector(self.executor, HostFS("/"), PyudevWatcher(), self.mpd,
-                                        options=IscsiOptions(device_timeout=90))
-
-    def processes(self) -> int:
-        return self.executor.calls
-
-    async def attach(self, export: Export, multipath: bool = True) -> Device:
-        start = time.monotonic()
-        timeline: list[str] = []
-
-        def progress(phase: str) -> None:
-            timeline.append(f"{time.monotonic() - start:6.3f} {phase}")
-
-        device = await self.connector.attach(parse(export.connection_info),
-                                             multipath=multipath, progress=progress)
-        timeline.append(f"{time.monotonic() - start:6.3f} done")
-        METRICS.setdefault("timelines", []).append(timeline)
-        return device
-
-    async def detach(self, export: Export, device: Device) -> None:
-        result = await self.connector.detach(parse(export.connection_info), device)
-        assert not result.data_may_be_lost, result.warnings
+def native_host() -> EngineHost:
+    """The native iSCSI engine on the real host."""
+    executor, mpd = AsyncExecutor(), SocketClient()
+    # Emulation: a burst of disks can keep udev busy past a real host's 30 s.
+    return EngineHost(IscsiConnector(executor, HostFS("/"), PyudevWatcher(), mpd,
+                                     options=IscsiOptions(device_timeout=90)),
+                      executor, mpd, METRICS)
 
 
 @pytest.fixture
-def host() -> Host:
-    return Host()
+def host() -> EngineHost:
+    return native_host()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def metrics() -> Iterator[dict[str, Any]]:
-    yield METRICS
-    out = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / "iscsi-metrics.json"
-    out.write_text(json.dumps(METRICS, indent=2, sort_keys=True))
+    yield from write_metrics(METRICS, "iscsi-metrics.json")
 
 
-def timed(name: str, host: Host, coro: Any) -> Any:
-    before = host.processes()
-    start = time.monotonic()
-    result = asyncio.run(coro)
-    METRICS.setdefault(name, []).append(
-        {"seconds": round(time.monotonic() - start, 3), "processes": host.processes() - before})
-    return result
-
-
-def check_data(path: str, size: int = 4 * MIB) -> None:
-    pattern = os.urandom(size)
-    fd = os.open(path, os.O_RDWR | os.O_SYNC)
-    try:
-        os.pwrite(fd, pattern, MIB)
-        os.fsync(fd)
-        assert os.pread(fd, size, MIB) == pattern
-    finally:
-        os.close(fd)
-    # Read back through a fresh open with the page cache dropped: the array has it.
-    run(["blockdev", "--flushbufs", path])
-    with open(path, "rb") as f:
-        f.seek(MIB)
-        assert f.read(size) == pattern
+def timed(name: str, host: EngineHost, coro: Any) -> Any:
+    return host.timed(name, coro)
 
 
 def assert_nothing_of(export: Export) -> None:
@@ -112,7 +65,7 @@ def assert_nothing_of(export: Export) -> None:
 
 
 @pytest.mark.parametrize("array", [2, 3], indirect=True)
-def test_datera_attach_detach_on_every_portal(array: IscsiArray, host: Host) -> None:
+def test_datera_attach_detach_on_every_portal(array: IscsiArray, host: EngineHost) -> None:
     export = array.export_datera()
     n = len(array.portals)
     device = timed(f"datera_attach_{n}_portals", host, host.attach(export))
@@ -126,7 +79,7 @@ def test_datera_attach_detach_on_every_portal(array: IscsiArray, host: Host) -> 
 
 @pytest.mark.parametrize("policy", ["no", "yes", "strict"])
 def test_attach_works_with_any_find_multipaths_policy(
-        array: IscsiArray, host: Host, policy: str) -> None:
+        array: IscsiArray, host: EngineHost, policy: str) -> None:
     guest_mod.set_find_multipaths(policy)
     try:
         export = array.export_datera()
@@ -139,7 +92,7 @@ def test_attach_works_with_any_find_multipaths_policy(
 
 
 def test_k2_four_luns_shuffled_detach_keeps_sessions_until_the_last(
-        array: IscsiArray, host: Host) -> None:
+        array: IscsiArray, host: EngineHost) -> None:
     exports = [array.export_k2() for _ in range(4)]
     assert isinstance(parse(exports[0].connection_info), IscsiVolume)
     devices = {}
@@ -161,7 +114,7 @@ def test_k2_four_luns_shuffled_detach_keeps_sessions_until_the_last(
 
 @pytest.mark.parametrize("mutual", [False, True])
 def test_chap_attach_and_a_wrong_secret_leaves_nothing(
-        array: IscsiArray, host: Host, mutual: bool) -> None:
+        array: IscsiArray, host: EngineHost, mutual: bool) -> None:
     chap = Chap.make(mutual=mutual)
     export = array.export_datera(chap=chap)
     device = asyncio.run(host.attach(export))
@@ -176,7 +129,7 @@ def test_chap_attach_and_a_wrong_secret_leaves_nothing(
     assert_nothing_of(export)
 
 
-def test_discovery_chap(array: IscsiArray, host: Host) -> None:
+def test_discovery_chap(array: IscsiArray, host: EngineHost) -> None:
     keys = array.set_discovery_chap(Chap.make())
     export = array.export_k2()
     info = {**export.connection_info, "data": {**export.connection_info["data"], **keys}}
@@ -190,7 +143,7 @@ def test_discovery_chap(array: IscsiArray, host: Host) -> None:
 
 
 def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
-        array: IscsiArray, host: Host, faults: Faults) -> None:
+        array: IscsiArray, host: EngineHost, faults: Faults) -> None:
     export = array.export_datera()
     faults.block_portal(array.portals[1])
     start = time.monotonic()
@@ -205,7 +158,7 @@ def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
     assert_nothing_of(export)
 
 
-def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: Host) -> None:
+def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: EngineHost) -> None:
     keeper = array.export_k2()  # keeps the sessions up, as other volumes would
     keep_dev = asyncio.run(host.attach(keeper))
     old = array.export_k2()
@@ -223,7 +176,7 @@ def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: Host) -> N
     asyncio.run(host.detach(keeper, keep_dev))
 
 
-def test_extend_after_the_lun_grew(array: IscsiArray, host: Host) -> None:
+def test_extend_after_the_lun_grew(array: IscsiArray, host: EngineHost) -> None:
     export = array.export_datera(size_mb=64)
     device = asyncio.run(host.attach(export))
     array.grow(export, 96)
@@ -234,7 +187,7 @@ def test_extend_after_the_lun_grew(array: IscsiArray, host: Host) -> None:
 
 
 @pytest.mark.parametrize("policy", ["strict", "no"])
-def test_single_path_mode(array: IscsiArray, host: Host, policy: str) -> None:
+def test_single_path_mode(array: IscsiArray, host: EngineHost, policy: str) -> None:
     guest_mod.set_find_multipaths(policy)
     try:
         export = array.export_datera()
@@ -251,7 +204,7 @@ def test_single_path_mode(array: IscsiArray, host: Host, policy: str) -> None:
         guest_mod.set_find_multipaths("no")
 
 
-def test_four_attaches_to_four_targets_at_once(array: IscsiArray, host: Host) -> None:
+def test_four_attaches_to_four_targets_at_once(array: IscsiArray, host: EngineHost) -> None:
     exports = [array.export_datera() for _ in range(4)]
 
     async def all_four() -> list[Device]:

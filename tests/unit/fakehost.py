@@ -7,6 +7,7 @@ so the code under test reads the same paths it reads on a real host.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,6 +315,9 @@ class FakeMultipathd:
         self.kernel = kernel
         self.commands: list[str] = []
         self.busy: set[str] = set()
+        # `show maps json`: (dm_st, chk_st) of a path by sd name; active/ready otherwise.
+        self.path_states: dict[str, tuple[str, str]] = {}
+        self.features = "1 queue_if_no_path"
 
     async def command(self, cmd: str, *, timeout: float) -> str:
         self.commands.append(cmd)
@@ -327,4 +331,19 @@ class FakeMultipathd:
             return "ok\n" if self.kernel.remove_map(words[2]) else "fail\n"
         if words[0] in ("disablequeueing", "resize"):
             return "ok\n"
+        if cmd == "show maps json":
+            return self.maps_json()
         raise AssertionError(f"unexpected multipathd command: {cmd}")
+
+    def maps_json(self) -> str:
+        """What `show maps json` answers, from the fake kernel's maps."""
+        maps = []
+        for dm in sorted(self.kernel.p("/sys/block").glob("dm-*")):
+            uuid = (dm / "dm/uuid").read_text().removeprefix("mpath-")
+            paths = [{"dev": sd, "dm_st": self.path_states.get(sd, ("active", "ready"))[0],
+                      "chk_st": self.path_states.get(sd, ("active", "ready"))[1]}
+                     for sd in sorted(os.listdir(dm / "slaves"))]
+            maps.append({"name": uuid, "uuid": uuid, "sysfs": dm.name,
+                         "features": self.features,
+                         "path_groups": [{"paths": [p]} for p in paths]})
+        return json.dumps({"major_version": 0, "minor_version": 1, "maps": maps})

@@ -14,6 +14,7 @@ from hostagent.service import AttachRequest, Service
 from hostagent.state import Store
 from tests.unit.fakehost import RECORD, FakeHostFS, FakeKernel, FakeMultipathd, FakeUdev
 from tests.unit.fakes import FakeExecutor
+from tests.unit.preflighthost import Node
 
 IQN = "iqn.2013-05.com.daterainc:tc:01:sn:0123456789abcdef"
 K2 = "iqn.2009-01.com.kaminario:storage.k2.abc123"
@@ -90,6 +91,7 @@ class Agent:
         self.state_dir = tmp_path / "state"
         self.store = Store(self.state_dir)
         self.service = Service(self.store, {ISCSI: self.host.connector})
+        self.node = Node(tmp_path)  # what GET /v1/preflight checks
 
     def request(self, att_id: str, connection_info: dict[str, Any],
                 timeout: float = 60) -> AttachRequest:

@@ -72,7 +72,7 @@ allowed_users = nova, 1001 ,cinder
 allowed_groups = disk,  6
 state_dir = /srv/ha/state
 lock_path = /srv/ha/locks
-engine = native
+engine = os-brick
 multipath = off
 log_level = DEBUG
 max_body_bytes = 0x2000
@@ -89,6 +89,12 @@ device = 12
 command = 0.25
 max_parallel_commands = 4
 detached_retention = 3600
+[health]
+interval = 5
+self_heal = off
+heal_interval = 120
+probe_read = no
+probe_timeout = 2.5
 """
 
 
@@ -98,11 +104,12 @@ def test_every_option_parses_with_its_type(tmp_path: Path) -> None:
     assert config.load(str(path)) == Config(
         socket="/srv/ha/agent.sock", socket_group="storage", socket_mode=0o640,
         allowed_users=("nova", "1001", "cinder"), allowed_groups=("disk", "6"),
-        state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="native",
+        state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="os-brick",
         multipath=False, log_level="DEBUG", max_body_bytes=8192,
         iface="san0", login_timeout=7, login_attempts=3,
         attach_timeout=300.0, detach_timeout=90.5, device_timeout=12.0, command_timeout=0.25,
-        max_parallel_commands=4, detached_retention=3600.0)
+        max_parallel_commands=4, detached_retention=3600.0, health_interval=5.0,
+        self_heal=False, heal_interval=120.0, probe_read=False, probe_timeout=2.5)
 
 
 def test_full_sample_covers_every_field() -> None:
@@ -110,7 +117,7 @@ def test_full_sample_covers_every_field() -> None:
     cfg, default = config.parse(FULL), Config()
     unchanged = [f.name for f in dataclasses.fields(Config)
                  if getattr(cfg, f.name) == getattr(default, f.name)]
-    assert unchanged == ["engine"]  # the only engine there is
+    assert unchanged == []
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -190,7 +197,7 @@ def test_unknown_option_is_named(text: str, option: str) -> None:
     ("[DEFAULT]\nsocket_mode = -0660\n", "DEFAULT.socket_mode"),
     ("[DEFAULT]\nmultipath = maybe\n", "DEFAULT.multipath"),
     ("[DEFAULT]\nmultipath =\n", "DEFAULT.multipath"),
-    ("[DEFAULT]\nengine = os-brick\n", "DEFAULT.engine"),
+    ("[DEFAULT]\nengine = brick\n", "DEFAULT.engine"),
     ("[DEFAULT]\nlog_level = TRACE\n", "DEFAULT.log_level"),
     ("[DEFAULT]\nmax_body_bytes = 64k\n", "DEFAULT.max_body_bytes"),
     ("[iscsi]\nlogin_timeout = 2.5\n", "iscsi.login_timeout"),
@@ -199,6 +206,9 @@ def test_unknown_option_is_named(text: str, option: str) -> None:
     ("[timeouts]\ndetach = -1\n", "timeouts.detach"),
     ("[timeouts]\ndevice = nan\n", "timeouts.device"),
     ("[timeouts]\ncommand = soon\n", "timeouts.command"),
+    ("[health]\ninterval = 0\n", "health.interval"),
+    ("[health]\nself_heal = maybe\n", "health.self_heal"),
+    ("[health]\nprobe_timeout = -1\n", "health.probe_timeout"),
     ("[timeouts]\nmax_parallel_commands = 1.5\n", "timeouts.max_parallel_commands"),
     ("[timeouts]\ndetached_retention = 0\n", "timeouts.detached_retention"),
     ("[timeouts]\nattach = inf\n", "timeouts.attach"),

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from hostagent.host.iscsiadm import IscsiErr, chap_settings, edit_record, parse_discovery
-from hostagent.host.multipath import add_wwid_line, parse_maps_json, remove_wwid_line
+from hostagent.host.multipath import (
+    add_wwid_line,
+    parse_map_infos,
+    parse_maps_json,
+    remove_wwid_line,
+)
 from hostagent.models import Chap, Portal
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "guest"
@@ -58,6 +63,13 @@ def test_parse_maps_json() -> None:
     assert wwid == "360014053611dae24c1b4e0eb33e6a8f5"
     assert sorted(p.device for p in paths) == ["sda", "sdb"]
     assert {(p.dm_state, p.checker) for p in paths} == {("active", "ready")}
+
+
+def test_parse_map_infos_keeps_the_features() -> None:
+    maps = parse_map_infos((FIXTURES / "multipathd_show_maps_json.json").read_text())
+    info = maps["360014053611dae24c1b4e0eb33e6a8f5"]
+    assert (info.sysfs, info.features) == ("dm-0", "1 queue_if_no_path")
+    assert [p.device for p in info.paths] == ["sdb", "sda"]
 
 
 def test_wwids_file_edits() -> None:

@@ -1,0 +1,642 @@
+"""The benchmarks, run INSIDE the guest by scripts/lib/guest-bench.
+
+Three ways to do the same work, interleaved (the order rotates every repetition):
+  native   hostagent's own engines (connectors/iscsi.py, fc.py), in this process
+  os-brick connectors/brick.py over os-brick 7.x, in this process (privsep direct)
+  direct   the lower bound: the kernel operations alone, as few processes as the
+           tools allow, every wait driven by udev events (no sleep-polling)
+Cases: (a) one Datera 2-portal attach and detach from nothing; (b) 8 Datera volumes
+attached together, then detached together; (c) 8 K2 LUNs on one IQN attached one
+after another, then detached; (d) FC over 2 FCoE links; (e) GET /v1/attachments
+with 100 attachments recorded, and the daemon's RSS.
+Per operation: wall time, CPU time of this process and the processes it waited for
+(user + system, os.times), the guest's total CPU time (/proc/stat, every process and
+kernel thread: iscsid, multipathd, udev, LIO), the commands the engine ran, and
+the guest's forks. Prints a table; writes JSON to results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hostagent.client import Client, ClientError
+from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
+from hostagent.connectors.brick import (
+    BrickConnector,
+    BrickOptions,
+    CommandCounter,
+    os_brick_factory,
+)
+from hostagent.connectors.fc import FcConnector
+from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
+from hostagent.host import scsi
+from hostagent.host.executor import AsyncExecutor
+from hostagent.host.fs import HostFS
+from hostagent.host.multipath import SocketClient
+from hostagent.host.udev import PyudevWatcher, block_initialized
+from hostagent.models import Attachment, Device, Status, device_from_dict
+from hostagent.state import Store
+from tests.kernel.testbed import guest as guest_mod
+from tests.kernel.testbed.fcoe import FcArray, FcExport, FcFabric
+from tests.kernel.testbed.lio import Export, IscsiArray
+from tests.kernel.testbed.sh import wait_until
+
+RESULTS = Path(os.environ.get("HOSTAGENT_RESULTS", "results"))
+ENGINES = ("native", "os-brick", "direct")
+TICK = os.sysconf("SC_CLK_TCK")
+WAIT = 180.0  # s for a device under emulation (8 attaches at once keep udev busy)
+BRICK_FC = ("os-brick's FC connector waits for /dev/disk/by-path links, which FCoE "
+            "hosts never get (no PCI parent)")
+AnyExport = Export | FcExport
+# One event loop for the whole run, as in the agent: a loop per operation would
+# open a udev monitor and start worker threads anew each time.
+LOOP = asyncio.new_event_loop()
+
+
+# ---- measurement ------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float  # this process + its waited-for children, user + system
+    guest_cpu: float  # every CPU of the guest, non-idle
+    commands: int  # processes the engine started
+    forks: int  # every fork in the guest (udev helpers, multipathd's, ...)
+
+
+def _guest_stat() -> tuple[float, int]:
+    busy, forks = 0.0, 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        words = line.split()
+        if words[0] == "cpu":
+            ticks = [int(v) for v in words[1:]]
+            busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICK  # all but idle and iowait
+        elif words[0] == "processes":
+            forks = int(words[1])
+    return busy, forks
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class Timeline:
+    """The engine's steps and the kernel's and udev's events during one operation, on
+    one clock: where the time of an operation goes."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.events: list[tuple[float, str]] = []
+
+    def mark(self, what: str) -> None:
+        self.events.append((round(time.monotonic() - self.start, 3), what))
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        import pyudev
+
+        observers = []
+        for source in ("kernel", "udev"):
+            monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
+            for subsystem in ("block", "scsi", "iscsi_session"):
+                monitor.filter_by(subsystem)
+
+            def seen(device: Any, source: str = source) -> None:
+                self.mark(f"{source:6} {device.action} {device.subsystem} {device.sys_name}")
+            observers.append(pyudev.MonitorObserver(monitor, callback=seen))
+        for o in observers:
+            o.start()
+        self.start = time.monotonic()
+        try:
+            yield
+        finally:
+            for o in observers:
+                o.send_stop()
+
+
+class Engine(Protocol):
+    name: str
+    timeline: Timeline | None
+
+    def commands(self) -> int: ...
+
+    async def attach(self, export: AnyExport) -> Any: ...
+
+    async def detach(self, export: AnyExport, handle: Any) -> None: ...
+
+
+def measure(engine: Engine, work: Callable[[], Coroutine[Any, Any, Any]]
+            ) -> tuple[Sample, Any]:
+    cmds, cpu, (gcpu, forks) = engine.commands(), _own_cpu(), _guest_stat()
+    start = time.monotonic()
+    result = LOOP.run_until_complete(work())
+    wall = time.monotonic() - start
+    gcpu2, forks2 = _guest_stat()
+    return Sample(round(wall, 3), round(_own_cpu() - cpu, 3), round(gcpu2 - gcpu, 2),
+                  engine.commands() - cmds, forks2 - forks), result
+
+
+# ---- the engines -------------------------------------------------------------------
+
+class Native:
+    name = "native"
+
+    def __init__(self, locks: str) -> None:
+        self.timeline: Timeline | None = None
+        self.executor = AsyncExecutor()
+        udev, mpd, fs = PyudevWatcher(), SocketClient(), HostFS("/")
+        self.iscsi = IscsiConnector(self.executor, fs, udev, mpd,
+                                    options=IscsiOptions(device_timeout=WAIT))
+        self.fc = FcConnector(self.executor, fs, udev, mpd)
+
+    def commands(self) -> int:
+        return self.executor.calls
+
+    def _engine(self, export: AnyExport) -> IscsiConnector | FcConnector:
+        return self.fc if isinstance(export, FcExport) else self.iscsi
+
+    def _progress(self, phase: str) -> None:
+        if self.timeline is not None:
+            self.timeline.mark(f"agent  {phase}")
+
+    async def attach(self, export: AnyExport) -> Device:
+        return await self._engine(export).attach(parse(export.connection_info), multipath=True,
+                                                 progress=self._progress)
+
+    async def detach(self, export: AnyExport, handle: Any) -> None:
+        await self._engine(export).detach(parse(export.connection_info), handle,
+                                          progress=self._progress)
+
+
+class Brick:
+    name = "os-brick"
+
+    def __init__(self, locks: str) -> None:
+        self.timeline: Timeline | None = None
+        self.counter = CommandCounter()
+        factory = os_brick_factory(BrickOptions(lock_path=locks), self.counter)
+        self.iscsi = BrickConnector(ISCSI, HostFS("/"), factory)
+        self.fc = BrickConnector(FIBRE_CHANNEL, HostFS("/"), factory)
+
+    def commands(self) -> int:
+        return self.counter.calls
+
+    def _engine(self, export: AnyExport) -> BrickConnector:
+        return self.fc if isinstance(export, FcExport) else self.iscsi
+
+    async def attach(self, export: AnyExport) -> Device:
+        return await self._engine(export).attach(parse(export.connection_info), multipath=True)
+
+    async def detach(self, export: AnyExport, handle: Any) -> None:
+        await self._engine(export).detach(parse(export.connection_info), handle)
+
+
+class Direct:
+    """The kernel work alone: records, one login per target (iscsiadm logs in every
+    portal of it at once) with the kernel's own LUN scan, multipathd building the
+    map by itself (find_multipaths no); the map removed over multipathd's socket,
+    the disks deleted in sysfs, one logout per target and its records removed."""
+
+    name = "direct"
+
+    def __init__(self, locks: str) -> None:
+        self.timeline: Timeline | None = None
+        self.udev, self.mpd, self.fs = PyudevWatcher(), SocketClient(), HostFS("/")
+        self.calls = 0
+
+    def commands(self) -> int:
+        return self.calls
+
+    async def _run(self, *argv: str) -> None:
+        for attempt in range(3):
+            self.calls += 1
+            if self.timeline is not None:
+                self.timeline.mark("agent  " + " ".join(argv[:2] + argv[-1:]))
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await proc.communicate()
+            # 6: iscsiadm walked the node database while a concurrent one changed it.
+            if proc.returncode != 6 or attempt == 2:
+                break
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(argv)}: rc {proc.returncode}: {err.decode()}")
+
+    def _map(self, wwid: str, paths: int) -> str | None:
+        for dm in Path("/sys/block").glob("dm-*"):
+            uuid_file = dm / "dm" / "uuid"
+            if uuid_file.exists() and uuid_file.read_text().strip() == f"mpath-{wwid}":
+                ok = len(os.listdir(dm / "slaves")) == paths
+                # As the native engine: the map counts once udev has processed it.
+                return dm.name if ok and block_initialized(self.fs, dm.name) else None
+        return None
+
+    async def _await_map(self, wwid: str, paths: int) -> str:
+        return await self.udev.wait(lambda: self._map(wwid, paths), timeout=WAIT,
+                                    what=f"map {wwid}")
+
+    def _sessions(self, iqn: str) -> list[scsi.IscsiSession]:
+        return [s for s in scsi.iscsi_sessions(self.fs) if s.iqn == iqn]
+
+    async def attach(self, export: AnyExport) -> str:
+        if isinstance(export, FcExport):
+            return await self._attach_fc(export)
+        data = export.connection_info["data"]
+        live = self._sessions(export.iqn)
+        if live:  # a K2 LUN on live sessions: a targeted scan of it on each
+            for s in live:
+                scsi.scan_lun(self.fs, s.host, 0, s.target_id, export.lun)
+        elif data.get("target_portals"):
+            await asyncio.gather(*(self._run("iscsiadm", "-m", "node", "-T", export.iqn,
+                                             "-p", p, "-o", "new")
+                                   for p in data["target_portals"]))
+            await self._run("iscsiadm", "-m", "node", "-T", export.iqn, "--login")
+        else:  # K2: SendTargets makes the records of every portal
+            await self._run("iscsiadm", "-m", "discovery", "-t", "st", "-p",
+                            data["target_portal"])
+            await self._run("iscsiadm", "-m", "node", "-T", export.iqn, "--login")
+        return await self._await_map(export.wwid, 2)
+
+    async def _attach_fc(self, export: FcExport) -> str:
+        from hostagent.host import fc
+        for rport in fc.remote_ports(self.fs):
+            if rport.port_name in export.connection_info["data"]["target_wwn"] \
+                    and rport.target_id is not None:
+                scsi.scan_lun(self.fs, rport.host, rport.channel, rport.target_id, export.lun)
+        return await self._await_map(export.wwid, 2)
+
+    async def detach(self, export: AnyExport, handle: Any) -> None:
+        disks = os.listdir(f"/sys/block/{handle}/slaves")
+        hctls = [scsi.hctl_of_disk(self.fs, sd) for sd in disks]
+        answer = await self.mpd.command(f"del map {export.wwid}", timeout=60)
+        if answer.strip() != "ok":
+            raise RuntimeError(f"multipathd del map {export.wwid}: {answer}")
+        for hctl in hctls:
+            if hctl:
+                scsi.delete_device(self.fs, hctl)
+        if isinstance(export, FcExport):
+            return
+        if not any(scsi.devices_on_host(self.fs, s.host) for s in self._sessions(export.iqn)):
+            await self._run("iscsiadm", "-m", "node", "-T", export.iqn, "--logout")
+            # What `iscsiadm -o delete` does, without a process (and without walking
+            # the database while concurrent detaches change it).
+            shutil.rmtree(f"/etc/iscsi/nodes/{export.iqn}", ignore_errors=True)
+
+
+# ---- the cases --------------------------------------------------------------------
+
+Results = dict[str, dict[str, list[Sample]]]  # operation -> engine -> samples
+
+
+@dataclass
+class Bench:
+    array: IscsiArray
+    engines: dict[str, Engine]
+    results: Results = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    timelines: dict[str, list[str]] = field(default_factory=dict)  # case (a) attach, 1st rep
+    fc_array: FcArray | None = None
+
+    def record(self, op: str, engine: str, sample: Sample) -> None:
+        self.results.setdefault(op, {}).setdefault(engine, []).append(sample)
+        print(f"  {op:<34} {engine:<8} {sample.wall:7.2f} s  cpu {sample.cpu:6.2f} s  "
+              f"guest cpu {sample.guest_cpu:6.2f} s  commands {sample.commands}", flush=True)
+
+    def run(self, case: str, engine: Engine) -> None:
+        """One case on one engine; a failure is noted and the run goes on."""
+        try:
+            getattr(self, f"case_{case}")(engine)
+        except Exception as err:  # a benchmark reports a failed case, it does not stop
+            note = f"{type(err).__name__}: {err}"[:300]
+            self.notes[f"{case}-{engine.name}-failed-{len(self.notes)}"] = note
+            print(f"  case {case} on {engine.name} FAILED: {note}", flush=True)
+
+    def case_a(self, engine: Engine) -> None:
+        export = self.array.export_datera()
+        try:
+            s, dev = measure(engine, lambda: engine.attach(export))
+            self.record("a: 2-portal attach from nothing", engine.name, s)
+            s, _ = measure(engine, lambda: engine.detach(export, dev))
+            self.record("a: its detach", engine.name, s)
+        finally:
+            self.array.unexport(export)
+
+    def warm_up(self, engine: Engine) -> None:
+        """One attach and detach not counted: a running agent has loaded its code
+        (os-brick imports more at its first call) and made its iface."""
+        export = self.array.export_datera()
+        try:
+            _, dev = measure(engine, lambda: engine.attach(export))
+            measure(engine, lambda: engine.detach(export, dev))
+        finally:
+            self.array.unexport(export)
+
+    def timeline_a(self, engine: Engine) -> None:
+        """One more case (a) attach, not counted (the watching costs CPU), with the
+        engine's steps against the kernel's and udev's events."""
+        export = self.array.export_datera()
+        timeline = Timeline()
+        try:
+            with timeline.watching():
+                engine.timeline = timeline
+                _, dev = measure(engine, lambda: engine.attach(export))
+                path = dev.path if isinstance(dev, Device) else dev
+                timeline.mark(f"agent  attach returned {path}")
+            engine.timeline = None
+            self.timelines[engine.name] = [f"{t:7.3f} {e}" for t, e in timeline.events]
+            measure(engine, lambda: engine.detach(export, dev))
+        finally:
+            engine.timeline = None
+            self.array.unexport(export)
+
+    def case_b(self, engine: Engine) -> None:
+        exports = [self.array.export_datera() for _ in range(8)]
+        try:
+            async def attach_all() -> list[Any]:
+                return list(await asyncio.gather(*(engine.attach(e) for e in exports)))
+            s, devs = measure(engine, attach_all)
+            self.record("b: 8 attaches together (total)", engine.name, s)
+
+            async def detach_all() -> None:
+                await asyncio.gather(*(engine.detach(e, d)
+                                       for e, d in zip(exports, devs, strict=True)))
+            s, _ = measure(engine, detach_all)
+            self.record("b: the 8 detaches together", engine.name, s)
+        finally:
+            for e in exports:
+                self.array.unexport(e)
+
+    def case_c(self, engine: Engine) -> None:
+        # Each LUN is exported just before its attach: a login's own scan must not
+        # find the later LUNs already there.
+        done: list[tuple[Export, Any]] = []
+        total = Sample(0, 0, 0, 0, 0)
+        try:
+            for i in range(8):
+                export = self.array.export_k2()
+                s, dev = measure(engine, lambda e=export: engine.attach(e))  # type: ignore[misc]
+                done.append((export, dev))
+                total = _add(total, s)
+                if i:
+                    self.record("c: a K2 LUN on live sessions", engine.name, s)
+            self.record("c: 8 K2 attaches in turn (total)", engine.name, total)
+            total = Sample(0, 0, 0, 0, 0)
+            for i, (export, dev) in enumerate(done):
+                s, _ = measure(engine, lambda e=export, d=dev: engine.detach(e, d))  # type: ignore[misc]
+                total = _add(total, s)
+                if i < len(done) - 1:
+                    self.record("c: K2 detach, sessions kept", engine.name, s)
+            self.record("c: the 8 K2 detaches (total)", engine.name, total)
+        finally:
+            for export, _ in done:
+                self.array.unexport(export)
+
+    def case_d(self, engine: Engine) -> None:
+        if engine.name == "os-brick":
+            self.notes["d"] = f"os-brick: not possible: {BRICK_FC}"
+            return
+        assert self.fc_array is not None
+        export = self.fc_array.export()
+        try:
+            s, dev = measure(engine, lambda: engine.attach(export))
+            self.record("d: FC 2-path attach", engine.name, s)
+            s, _ = measure(engine, lambda: engine.detach(export, dev))
+            self.record("d: FC detach", engine.name, s)
+        finally:
+            self.fc_array.unexport(export)
+
+
+def _add(a: Sample, b: Sample) -> Sample:
+    return Sample(round(a.wall + b.wall, 3), round(a.cpu + b.cpu, 3),
+                  round(a.guest_cpu + b.guest_cpu, 2), a.commands + b.commands,
+                  a.forks + b.forks)
+
+
+# ---- (e): the daemon's API ----------------------------------------------------------
+
+def _rows(store: Store, count: int) -> None:
+    """`count` attached volumes as the agent records them (their devices do not
+    exist here: the agent marks them failed at start-up, and lists them all)."""
+    now = time.time()
+    device = device_from_dict({
+        "path": "/dev/dm-900", "wwn": "36001405" + "0" * 25, "multipath": True,
+        "size_bytes": 1 << 30, "missing": [], "iscsi_targets": [],
+        "paths": [{"device": f"sd{c}", "hctl": f"{n}:0:0:0", "portal": f"10.0.0.{n}:3260",
+                   "target": "iqn.2013-05.com.daterainc:tc:01:sn:x"}
+                  for n, c in ((3, "a"), (4, "b"))]})
+    for i in range(count):
+        info = {"driver_volume_type": "iscsi", "data": {
+            "target_iqn": f"iqn.2013-05.com.daterainc:tc:01:sn:{i:016x}",
+            "target_portal": "10.0.0.3:3260", "target_lun": 0, "target_discovered": False}}
+        store.put(Attachment(str(uuid.uuid4()), ISCSI, info, True, f"{i:064x}",
+                             Status.ATTACHED, now, now, volume_id=f"vol-{i}", device=device))
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def case_e(engine: str, requests: int, results: Results, notes: dict[str, str]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="hostagent-bench-"))
+    sock = str(root / "agent.sock")
+    conf = root / "hostagent.conf"
+    conf.write_text(f"[DEFAULT]\nsocket = {sock}\nstate_dir = {root / 'state'}\n"
+                    f"lock_path = {root / 'locks'}\nsocket_group = 0\nengine = {engine}\n"
+                    "log_level = WARNING\n")
+    store = Store(root / "state")
+    _rows(store, 100)
+    store.close()
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from hostagent.daemon import "
+                             "main; sys.exit(main())", "serve", "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = Client(sock, timeout=60)
+
+        def answers() -> bool:
+            try:
+                return len(client.request("GET", "/v1/attachments")[1]) >= 0
+            except ClientError:
+                return False
+        wait_until(answers, timeout=240, what="the agent's socket", interval=0.05)
+        notes[f"e-start-{engine}"] = f"{time.monotonic() - start:.1f} s to serve"
+        for _ in range(requests):
+            gcpu, forks = _guest_stat()
+            t0 = time.monotonic()
+            status, body = client.request("GET", "/v1/attachments")
+            wall = time.monotonic() - t0
+            gcpu2, forks2 = _guest_stat()
+            assert status == 200 and len(body["attachments"] if isinstance(body, dict)
+                                         else body) == 100, status
+            results.setdefault("e: GET /v1/attachments (100)", {}).setdefault(
+                engine, []).append(Sample(round(wall, 4), 0, round(gcpu2 - gcpu, 2), 0,
+                                          forks2 - forks))
+        rss = _rss_kib(proc.pid) / 1024
+        results.setdefault("e: daemon RSS (MiB)", {}).setdefault(engine, []).append(
+            Sample(round(rss, 1), 0, 0, 0, 0))
+        print(f"  e ({engine}): RSS {rss:.1f} MiB, {notes[f'e-start-{engine}']}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+# ---- the report ----------------------------------------------------------------------
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def summarize(results: Results) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for op, by_engine in results.items():
+        out[op] = {}
+        for engine, samples in by_engine.items():
+            out[op][engine] = {
+                "n": len(samples),
+                "wall": _stats([s.wall for s in samples]),
+                "cpu": _stats([s.cpu for s in samples]),
+                "guest_cpu": _stats([s.guest_cpu for s in samples]),
+                "commands": statistics.median([s.commands for s in samples]),
+                "forks": statistics.median([s.forks for s in samples]),
+            }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def table(summary: dict[str, dict[str, Any]], notes: dict[str, str]) -> str:
+    def cell(op: str, engine: str, key: str) -> str:
+        s = summary[op].get(engine)
+        if s is None:
+            return "n/a"
+        w = s[key]
+        digits = 3 if w["max"] < 0.1 else 2  # (e)'s round trips are milliseconds
+        return " / ".join(f"{w[k]:.{digits}f}" for k in ("min", "median", "max"))
+
+    def med(op: str, engine: str, key: str) -> float | None:
+        s = summary[op].get(engine)
+        return s[key]["median"] if s else None
+
+    lines = ["| case | engine | wall s min / med / max | CPU s agent+children (med) "
+             "| guest CPU s (med) | commands | guest forks |", "|---|---|---|---|---|---|---|"]
+    for op in summary:
+        for engine in ENGINES:
+            s = summary[op].get(engine)
+            if s is None:
+                why = {"d": BRICK_FC, "e": "no lower-bound sequence of an API"}.get(
+                    op[0], "not measured") if op[0] in "de" else "not measured"
+                lines.append(f"| {op} | {engine} | n/a ({why}) | | | | |")
+                continue
+            lines.append(f"| {op} | {engine} | {cell(op, engine, 'wall')} | "
+                         f"{s['cpu']['median']:.2f} | {s['guest_cpu']['median']:.2f} | "
+                         f"{s['commands']:g} | {s['forks']:g} |")
+    lines += ["", "| case | wall native/os-brick | wall native/direct | "
+              "CPU native/os-brick | guest CPU native/os-brick |", "|---|---|---|---|---|"]
+    pairs = (("wall", "os-brick"), ("wall", "direct"), ("cpu", "os-brick"),
+             ("guest_cpu", "os-brick"))
+    for op in summary:
+        ratios = [_ratio(med(op, "native", key), med(op, other, key)) for key, other in pairs]
+        lines.append(f"| {op} | " + " | ".join(ratios) + " |")
+    if notes:
+        lines += [""] + [f"- {k}: {v}" for k, v in sorted(notes.items())]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               "?")
+    return {"guest_kernel": platform.release(), "guest_cpus": os.cpu_count(), "cpu": cpu,
+            "python": platform.python_version(), "os_brick": _version("os-brick"),
+            "host_load_before": os.environ.get("BENCH_HOST_LOAD", "?")}
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+    return version(dist)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of (a) and (d)")
+    parser.add_argument("--heavy-reps", type=int, default=1,
+                        help="repetitions of (b) and (c), minutes each under emulation")
+    parser.add_argument("--cases", default="abcde", help="which cases, e.g. 'ab'")
+    parser.add_argument("--requests", type=int, default=50, help="GETs per daemon in (e)")
+    args = parser.parse_args(argv)
+    guest = guest_mod.prepare()
+    workdir = Path(tempfile.mkdtemp(prefix="hostagent-bench-array-"))
+    locks = tempfile.mkdtemp(prefix="hostagent-bench-locks-")
+    engines: list[Engine] = [Native(locks), Brick(locks), Direct(locks)]
+    bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines})
+    fabric = None
+    if "d" in args.cases:
+        fabric = FcFabric(links=2)
+        fabric.start()
+        bench.fc_array = FcArray(fabric, workdir)
+    started = time.monotonic()
+    try:
+        for engine in engines:
+            bench.warm_up(engine)
+        for rep in range(max(args.reps, args.heavy_reps)):
+            order = engines[rep % 3:] + engines[:rep % 3]  # interleaved, rotating
+            print(f"== repetition {rep + 1}: {', '.join(e.name for e in order)}", flush=True)
+            for case in "abcd":
+                reps = args.heavy_reps if case in "bc" else args.reps
+                if case in args.cases and rep < reps:
+                    for engine in order:
+                        bench.run(case, engine)
+        if "a" in args.cases:
+            for engine in engines:
+                bench.timeline_a(engine)
+        if "e" in args.cases:
+            for name in ("native", "os-brick"):
+                try:
+                    case_e(name, args.requests, bench.results, bench.notes)
+                except Exception as err:
+                    bench.notes[f"e-{name}-failed"] = f"{type(err).__name__}: {err}"[:300]
+    finally:
+        bench.array.close()
+        if bench.fc_array is not None:
+            bench.fc_array.close()
+        if fabric is not None:
+            fabric.stop()
+    summary = summarize(bench.results)
+    text = table(summary, bench.notes)
+    print("\n" + text)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = RESULTS / f"bench-{stamp}.json"
+    out.write_text(json.dumps({
+        "machine": machine(), "reps": args.reps, "cases": args.cases,
+        "seconds": round(time.monotonic() - started), "summary": summary, "notes": bench.notes,
+        "timelines_a_attach": bench.timelines,
+        "samples": {op: {e: [asdict(s) for s in ss] for e, ss in by.items()}
+                    for op, by in bench.results.items()}}, indent=2))
+    (RESULTS / "bench-table.md").write_text(text + "\n")
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Preflight: every check passing and failing, on a node tree and scripted seams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from hostagent import cli
+from hostagent.errors import CommandNotFound
+from hostagent.exitcodes import CheckExit, ExitCode
+from hostagent.host.fc import FcHba
+from hostagent.host.net import Route
+from hostagent.localcli import Host
+from hostagent.models import Portal
+from hostagent.mpathconf import load_stanzas, parse
+from hostagent.preflight import (
+    Check,
+    Options,
+    Preflight,
+    Status,
+    fc_check,
+    initiator_check,
+    iscsid_conf_check,
+    module_check,
+    mtu_check,
+    multipath_checks,
+    overall,
+    portal_checks,
+)
+from tests.unit.preflighthost import MULTIPATH_T_BUILTIN, MULTIPATH_T_STANZAS, Node
+
+
+def by_id(checks: list[Check]) -> dict[str, Check]:
+    ids = [c.id for c in checks]
+    assert len(ids) == len(set(ids)), ids
+    return {c.id: c for c in checks}
+
+
+def run(node: Node, options: Options | None = None) -> dict[str, Check]:
+    checks = asyncio.run(node.preflight.run(options or Options()))
+    node.executor.assert_done()
+    return by_id(checks)
+
+
+def failing(checks: dict[str, Check]) -> dict[str, Status]:
+    return {i: c.status for i, c in checks.items() if c.status != Status.PASS}
+
+
+# ---- the whole run on a prepared node and on broken ones ------------------------------
+
+def test_a_prepared_node_passes_every_check(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.expect_checks()
+    portals = (Portal(node.add_portal("10.0.0.2"), 3260), Portal(node.add_portal("10.0.1.2")))
+    checks = run(node, Options(portals, fc=False))
+    assert failing(checks) == {}
+    assert {"binary.iscsiadm", "binary.sg_inq", "service.iscsid", "service.multipathd",
+            "module.iscsi_tcp", "module.dm_multipath", "iscsi.initiator_name",
+            "iscsi.timeouts", "multipath.conf", "multipath.datera", "multipath.kmnrio",
+            "portal.10.0.0.2:3260.route", "portal.10.0.1.2:3260.connect"} <= set(checks)
+    assert "module.scsi_transport_fc" not in checks and "fc.hbas" not in checks
+    assert all(not c.remedy for c in checks.values())
+
+
+def test_each_fault_is_found_with_its_remedy(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    (node.root / "usr/sbin/multipathd").unlink()
+    (node.root / "usr/bin/sg_inq").chmod(0o644)  # present but not executable
+    (node.root / "etc/iscsi/initiatorname.iscsi").unlink()
+    (node.root / "sys/module/dm_multipath").rmdir()
+    node.mpd.running = False
+    node.executor.expect(["modprobe", "--dry-run", "--quiet", "dm_multipath"], returncode=1)
+    node.expect_checks(multipath_t=MULTIPATH_T_BUILTIN, iscsiadm_rc=20)
+    a = Portal(node.add_portal("10.0.0.2", mtu=9000))
+    b = Portal(node.add_portal("10.0.1.2", ifname="eth2", mtu=1500))
+    node.net.refused.add("10.0.1.2")
+    checks = run(node, Options((a, b)))
+    assert failing(checks) == {
+        "binary.multipathd": Status.FAIL, "binary.sg_inq": Status.WARN,
+        "service.iscsid": Status.FAIL, "service.multipathd": Status.FAIL,
+        "module.dm_multipath": Status.FAIL, "iscsi.initiator_name": Status.FAIL,
+        "multipath.datera": Status.FAIL, "multipath.kmnrio": Status.FAIL,
+        "portal.10.0.1.2:3260.connect": Status.FAIL, "portals.mtu": Status.WARN}
+    assert checks["binary.multipathd"].packages == {"debian": "multipath-tools",
+                                                    "rhel": "device-mapper-multipath"}
+    assert "apt-get install multipath-tools" in checks["binary.multipathd"].remedy
+    assert "dnf install device-mapper-multipath" in checks["binary.multipathd"].remedy
+    assert "systemctl enable --now multipathd" in checks["service.multipathd"].remedy
+    assert "iscsi-iname" in checks["iscsi.initiator_name"].remedy
+    assert "hostagent-cli multipath install" in checks["multipath.datera"].remedy
+    assert "group_by_prio" in checks["multipath.datera"].detail
+    assert "timed out" in checks["portal.10.0.1.2:3260.connect"].detail
+    assert "MTU 1500" in checks["portals.mtu"].detail and "eth2" in checks["portals.mtu"].detail
+    assert all(c.remedy for c in checks.values() if c.status != Status.PASS)
+    assert overall(checks.values()) == Status.FAIL
+
+
+def test_fc_checks_only_when_asked(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.expect_checks()
+    checks = run(node, Options(fc=True))
+    assert checks["module.scsi_transport_fc"].status == Status.PASS
+    assert checks["fc.hbas"].status == Status.FAIL  # the tree has no fc_host
+
+
+def test_multipath_missing_is_one_failing_check(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.executor.expect(["iscsiadm", "-m", "session"], returncode=21)
+
+    def not_installed() -> None:
+        raise CommandNotFound("multipath")
+    node.executor.expect(["multipath", "-t"], side_effect=not_installed)
+    checks = run(node)
+    assert checks["multipath.config"].status == Status.FAIL
+    assert "multipath-tools" in checks["multipath.config"].remedy
+    assert "multipath.datera" not in checks
+
+
+# ---- the pure decisions ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, status", [
+    ("InitiatorName=iqn.2026-11.org.example:node-1\n", Status.PASS),
+    ("## comment\nInitiatorName=iqn.1993-08.org.debian:01:8f1b9db86444\n", Status.PASS),
+    ("InitiatorName=eui.02004567A425678D\n", Status.PASS),
+    ("GenerateName=yes\n", Status.FAIL),
+    ("InitiatorName=iqn.1993-08.org.debian:01:\n", Status.FAIL),
+    ("InitiatorName=iqn.2005-03.org.open-iscsi\n", Status.FAIL),
+    ("InitiatorName=not an iqn\n", Status.FAIL),
+    (None, Status.FAIL),
+])
+def test_initiator_name(text: str | None, status: Status) -> None:
+    check = initiator_check(text)
+    assert check.status == status, check
+    assert bool(check.remedy) == (status != Status.PASS)
+
+
+@pytest.mark.parametrize("text, status, word", [
+    ("node.session.timeo.replacement_timeout = 10\n", Status.PASS, "replacement_timeout=10"),
+    ("", Status.WARN, "= 120"),  # open-iscsi's default
+    ("node.session.timeo.replacement_timeout = 5\nnode.conn[0].timeo.noop_out_interval = 0\n",
+     Status.WARN, "noop_out_interval = 0"),
+    ("# node.session.timeo.replacement_timeout = 5\n", Status.WARN, "= 120"),
+    ("node.session.timeo.replacement_timeout = soon\n", Status.WARN, "not a number"),
+    (None, Status.WARN, "missing"),
+])
+def test_iscsid_timeouts(text: str | None, status: Status, word: str) -> None:
+    check = iscsid_conf_check(text)
+    assert check.status == status and word in check.detail, check
+
+
+def test_modules() -> None:
+    assert module_check("iscsi_tcp", True, True).status == Status.PASS
+    assert "loadable" in module_check("iscsi_tcp", False, True).detail
+    assert module_check("iscsi_tcp", False, False).status == Status.FAIL
+    assert "no modprobe" in module_check("iscsi_tcp", False, None).detail
+
+
+def test_portal_route_down_and_unroutable() -> None:
+    p = Portal("10.0.0.2")
+    down = portal_checks(p, Route("10.0.0.2", "eth1", False, None, 1500), None)
+    assert down[0].status == Status.FAIL and "ip link set eth1 up" in down[0].remedy
+    assert down[1].status == Status.PASS
+    unroutable = portal_checks(p, OSError(101, "unreachable"), ConnectionRefusedError(111, "no"))
+    assert [c.status for c in unroutable] == [Status.FAIL, Status.FAIL]
+
+
+def test_mtu_check_only_when_mtus_differ() -> None:
+    same = [Route(f"10.0.{i}.2", f"eth{i}", True, None, 9000) for i in range(2)]
+    assert mtu_check(same) is None
+    assert mtu_check([*same, Route("10.0.9.2", "eth9", True, None, 1500)]) is not None
+
+
+def test_fc_hbas() -> None:
+    online = FcHba(5, "21000024ff000001", "20000024ff000001", "Online")
+    down = FcHba(6, "21000024ff000002", "20000024ff000002", "Linkdown")
+    assert fc_check([online, down]).status == Status.PASS
+    assert "21000024ff000001" in fc_check([online, down]).detail
+    assert "host6 Linkdown" in fc_check([down]).detail
+    assert fc_check([]).status == Status.FAIL
+
+
+# ---- hostagent-cli preflight / multipath ------------------------------------------------
+
+def cli_run(node: Node, argv: list[str], capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setattr("hostagent.localcli.real_host", lambda: Host(node.preflight,
+                                                                     node.mpconf))
+    status = cli.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_preflight_table_json_and_exit_status(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(tmp_path)
+    node.expect_checks()
+    node.add_portal("10.0.0.2")
+    status, out, _ = cli_run(node, ["preflight", "--portal", "10.0.0.2"], capsys, monkeypatch)
+    assert status == CheckExit.PASS
+    assert out.splitlines()[0].split() == ["STATUS", "CHECK", "DETAIL"]
+    assert "portal.10.0.0.2:3260.connect" in out and out.rstrip().endswith("0 warn, 0 fail")
+    node.write("/etc/iscsi/iscsid.conf", "")
+    node.expect_checks()
+    status, out, _ = cli_run(node, ["preflight", "--json"], capsys, monkeypatch)
+    doc = json.loads(out)
+    assert status == CheckExit.WARN and doc["status"] == "warn"
+    warned = [c for c in doc["checks"] if c["status"] == "warn"]
+    assert [c["id"] for c in warned] == ["iscsi.timeouts"] and warned[0]["remedy"]
+
+
+def test_cli_preflight_refuses_a_bad_portal_before_any_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(tmp_path)
+    status, _, err = cli_run(node, ["preflight", "--portal", "10.0.0.2;reboot"], capsys,
+                             monkeypatch)
+    assert status == ExitCode.INVALID and "field: --portal[0]" in err
+    assert node.executor.calls == [] and node.net.connects == []
+
+
+def test_cli_multipath_show_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node(tmp_path)
+    node.executor.expect(["multipath", "-t"], stdout=MULTIPATH_T_BUILTIN, times=2)
+    status, out, _ = cli_run(node, ["multipath", "show"], capsys, monkeypatch)
+    assert status == ExitCode.OK and "<- wanted 'group_by_prio'" in out
+    status, out, _ = cli_run(node, ["multipath", "check", "--json"], capsys, monkeypatch)
+    assert status == CheckExit.FAIL
+    assert {c["id"]: c["status"] for c in json.loads(out)["checks"]} == {
+        "multipath.conf": "pass", "multipath.datera": "fail", "multipath.kmnrio": "fail"}
+
+
+def test_cli_multipath_install_reports_what_it_did(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = Node(tmp_path)
+    node.executor.expect(["multipath", "-t"], stdout=MULTIPATH_T_BUILTIN)
+    status, _, err = cli_run(node, ["multipath", "install"], capsys, monkeypatch)
+    assert status == ExitCode.CONFIG and "did not take effect" in err
+
+
+def test_multipath_checks_report_a_hiding_blacklist_and_friendly_names() -> None:
+    hidden = parse(MULTIPATH_T_STANZAS + 'blacklist {\n device {\n vendor ".*"\n }\n}\n'
+                   'blacklist_exceptions {\n device {\n vendor "DATERA"\n }\n}\n')
+    checks = by_id(multipath_checks("", hidden, load_stanzas()))
+    assert checks["multipath.datera"].status == Status.PASS
+    assert checks["multipath.kmnrio"].status == Status.FAIL
+    assert 'vendor ".*"' in checks["multipath.kmnrio"].detail
+    assert "blacklist_exceptions" in checks["multipath.kmnrio"].remedy
+    friendly = parse(MULTIPATH_T_STANZAS + "defaults {\n user_friendly_names yes\n}\n")
+    checks = by_id(multipath_checks(None, friendly, load_stanzas()))
+    assert checks["multipath.conf"].status == Status.WARN
+    assert {checks[i].status for i in ("multipath.datera", "multipath.kmnrio")} == {Status.WARN}
+    assert "user_friendly_names no" in checks["multipath.datera"].remedy
+
+
+def test_each_run_reports_its_counts_per_status(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    seen: list[dict[str, int]] = []
+    preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf,
+                          observe=lambda counts: seen.append(dict(counts)))
+    node.write("/etc/iscsi/iscsid.conf", "")
+    node.expect_checks()
+    checks = asyncio.run(preflight.run())
+    assert seen == [{"pass": len(checks) - 1, "warn": 1, "fail": 0}]
