@@ -164,10 +164,15 @@ def test_cli_attach_and_detach_both_personalities(array: IscsiArray, daemon: Dae
 MAX_SWEEP = 40  # more host commands than any one attach or detach makes
 
 
+def record(name: str, figures: dict[str, Any]) -> None:
+    """A test's figures for the record: results/<name>.json (and the test's output)."""
+    out = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / f"{name}.json"
+    out.write_text(json.dumps(figures, indent=2))
+    print(f"{name}: {figures}")
+
+
 def record_sweep(name: str, crashes: list[str]) -> None:
-    out = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / f"crash-sweep-{name}.json"
-    out.write_text(json.dumps({"steps_covered": len(crashes), "outcomes": crashes}, indent=2))
-    print(f"{name}: a crash after each of {len(crashes)} host commands: {crashes}")
+    record(f"crash-sweep-{name}", {"steps_covered": len(crashes), "outcomes": crashes})
 
 
 def test_a_crash_after_each_host_command_of_an_attach_recovers(array: IscsiArray,
@@ -298,7 +303,8 @@ def test_chap_secrets_appear_nowhere_but_the_node_records(array: IscsiArray,
         "process arguments and environments": b"\0".join(ps.seen),
     }
     found = {where: sum(s in blob for s in secrets) for where, blob in places.items()}
-    print(f"secrets found: {found} ({ps.samples} process samples, {len(ps.seen)} distinct)")
+    record("secrets", {"secrets": len(secrets), "found": found, "process_samples": ps.samples,
+                       "distinct_argv_and_environments": len(ps.seen)})
     assert found == dict.fromkeys(places, 0)
     # Files the agent made have the modes it documents.
     assert stat.S_IMODE(daemon.state_dir.stat().st_mode) == 0o700
@@ -430,8 +436,8 @@ def run_load(daemon: Daemon, exports: list[Export], targets: int) -> None:
         assert {iqn for _, iqn in probe.sessions()} == left
     detach_s = time.monotonic() - start
     requests = 2 * len(by_id)
-    print(f"load: {requests} requests and {retries} retries over {targets} targets: "
-          f"attaches {attach_s:.1f} s, detaches {detach_s:.1f} s")
+    record("load", {"requests": requests, "retries": retries, "targets": targets,
+                    "attach_seconds": round(attach_s, 1), "detach_seconds": round(detach_s, 1)})
     left_ids = [a["id"] for a in daemon.api("GET", "/v1/attachments")["attachments"]
                 if a["status"] != "detached"]
     assert not [i for i in left_ids if i.startswith("load-")], left_ids
