@@ -11,7 +11,7 @@ VENV=$CACHE/venv
 VNG_VERSION=1.42
 GUEST_CPUS=${GUEST_CPUS:-2}
 GUEST_MEM=${GUEST_MEM:-2G}
-GUEST_TIMEOUT=${GUEST_TIMEOUT:-1800}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-3600}  # the kernel tier took ~35 min on 2 TCG cores
 
 # Host packages: the initiator and multipath tools run in the guest from the
 # shared root file system, QEMU and busybox boot it, rtslib-fb comes from PyPI.

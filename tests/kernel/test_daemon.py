@@ -372,6 +372,7 @@ def test_another_tools_session_and_map_are_never_touched(array: IscsiArray,
 LOAD_PARALLEL = 16  # requests in flight at once
 
 
+@pytest.mark.slow  # ~5.5 min in the guest: run with scripts/test kernel -m slow
 def test_load_of_64_requests_over_8_targets_with_retries(
         array: IscsiArray, daemon: Daemon, guest: Guest, tmp_path: Path) -> None:
     # Eight targets: four Datera volumes (a target each) and four K2 systems (a
