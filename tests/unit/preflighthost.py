@@ -24,7 +24,10 @@ TOOLS = ("/usr/sbin/iscsiadm", "/usr/sbin/multipath", "/usr/sbin/multipathd",
          "/usr/bin/udevadm", "/usr/sbin/blockdev", "/usr/bin/sg_inq")
 
 
-class FakeMultipathd:
+class StatusMultipathd:
+    """multipathd as preflight and install see it: it answers "show status" and
+    "reconfigure", or is stopped (fakehost.FakeMultipathd is the one that builds maps)."""
+
     def __init__(self) -> None:
         self.running = True
         self.commands: list[str] = []
@@ -60,7 +63,7 @@ class Node:
         self.root = tmp_path / "node"
         self.fs = HostFS(self.root)
         self.executor = FakeExecutor()
-        self.mpd = FakeMultipathd()
+        self.mpd = StatusMultipathd()
         self.net = FakeNet()
         for tool in TOOLS:
             self.write(tool, "#!/bin/sh\n", mode=0o755)

@@ -10,7 +10,7 @@ import pytest
 from hostagent.crashhook import CrashHook, CrashingExecutor, CrashingMultipathd
 from hostagent.errors import CommandFailed
 from tests.unit.fakes import FakeExecutor
-from tests.unit.preflighthost import FakeMultipathd
+from tests.unit.preflighthost import StatusMultipathd
 
 
 class Died(Exception):
@@ -54,7 +54,7 @@ def test_the_wrappers_count_failed_commands_too(tmp_path: Path) -> None:
     executor = FakeExecutor()
     executor.expect(["iscsiadm", "-m", "session"], returncode=20)
     run = CrashingExecutor(executor, h)
-    mpd = CrashingMultipathd(FakeMultipathd(), h)
+    mpd = CrashingMultipathd(StatusMultipathd(), h)
     with pytest.raises(CommandFailed):
         asyncio.run(run.run(["iscsiadm", "-m", "session"], timeout=5))
     with pytest.raises(Died):
