@@ -38,6 +38,7 @@ from hostagent.models import (
     IscsiTarget,
     IscsiVolume,
     PathInfo,
+    Portal,
     VolumeSpec,
 )
 
@@ -231,22 +232,30 @@ class IscsiConnector:
             return result
 
     async def _release_sessions(self, targets: Sequence[IscsiTarget]) -> None:
-        """Log out and forget only what no other LUN still uses (K2 shares one IQN)."""
-        sessions = {(s.iqn, str(s.portal)): s for s in scsi.iscsi_sessions(self.fs)
-                    if s.iface == self.options.iface}
-        todo = []
-        for t in _unique(IscsiTarget(t.portal, t.iqn, 0) for t in targets):
-            s = sessions.get((t.iqn, str(t.portal)))
-            if s is not None and scsi.devices_on_host(self.fs, s.host):
-                continue
-            todo.append((t, s is not None))
-        await asyncio.gather(*(self._release(t, logged_in) for t, logged_in in todo))
+        """Log out and forget only what no other LUN still uses (K2 shares one IQN).
 
-    async def _release(self, target: IscsiTarget, logged_in: bool) -> None:
-        if logged_in:
-            await self.iscsiadm.logout(target.iqn, target.portal)
-        if self.iscsiadm.has_node(target.iqn, target.portal):
-            await self.iscsiadm.delete_node(target.iqn, target.portal)
+        A target none of whose sessions holds a LUN goes whole: one logout for all
+        its portals, and its records. Otherwise only its idle portals go."""
+        ours = [s for s in scsi.iscsi_sessions(self.fs) if s.iface == self.options.iface]
+        portals: dict[str, list[Portal]] = {}
+        for t in targets:
+            portals.setdefault(t.iqn, []).append(t.portal)
+        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)),
+                                             [s for s in ours if s.iqn == iqn])
+                               for iqn, wanted in portals.items()))
+
+    async def _release(self, iqn: str, portals: list[Portal],
+                       sessions: list[scsi.IscsiSession]) -> None:
+        busy = {s.portal for s in sessions if scsi.devices_on_host(self.fs, s.host)}
+        if not busy:
+            if sessions:
+                await self.iscsiadm.logout(iqn)
+            await self.iscsiadm.delete_nodes(iqn)
+            return
+        idle = [p for p in portals if p not in busy]
+        logged_in = {s.portal for s in sessions}
+        await asyncio.gather(*(self.iscsiadm.logout(iqn, p) for p in idle if p in logged_in))
+        await self.iscsiadm.delete_nodes(iqn, idle)
 
     # ---- extend ----------------------------------------------------------------
     async def extend(self, spec: VolumeSpec, device: Device) -> int:

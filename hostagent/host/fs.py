@@ -7,6 +7,7 @@ in tests (built with relative symlinks, the way the kernel lays out sysfs).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -106,6 +107,16 @@ class HostFS:
 
     def unlink(self, host_path: str) -> None:
         self.path(host_path).unlink(missing_ok=True)
+
+    def remove_empty_dir(self, host_path: str) -> None:
+        """rmdir, quietly leaving a directory that is gone or still holds something."""
+        try:
+            self.path(host_path).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            if err.errno != errno.ENOTEMPTY:
+                raise
 
     def update_locked(self, host_path: str, edit: Callable[[str], str]) -> None:
         """Rewrite a shared text file under the same fcntl lock multipath-tools takes."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -239,19 +239,25 @@ class Iscsiadm:
         return True
 
     def node_portals(self, iqn: str) -> list[Portal]:
-        """The portals of our node records for `iqn` (flat 'ip,port' files made
-        static, 'ip,port,tpgt/<iface>' made after discovery)."""
-        portals = []
+        """The portals of our node records for `iqn`."""
+        return list(self._our_records(iqn))
+
+    def _our_records(self, iqn: str) -> dict[Portal, str]:
+        """Our node records of `iqn` by portal: flat 'ip,port' files made static,
+        'ip,port,tpgt/<iface>' made after discovery. Another iface's are not ours."""
+        records = {}
         for entry in self.fs.listdir(f"{self.node_db}/{iqn}"):
             host, _, rest = entry.partition(",")
             port = rest.split(",")[0]
             record = f"{self.node_db}/{iqn}/{entry}"
-            ours = (self.fs.exists(f"{record}/{self.iface}") if "," in rest else
-                    f"iface.iscsi_ifacename = {self.iface}" in
-                    (self.fs.try_read(record) or "").splitlines())
+            if "," in rest:
+                record, ours = f"{record}/{self.iface}", self.fs.exists(f"{record}/{self.iface}")
+            else:
+                ours = f"iface.iscsi_ifacename = {self.iface}" in \
+                    (self.fs.try_read(record) or "").splitlines()
             if ours and port.isdigit():
-                portals.append(Portal(host, int(port)))
-        return portals
+                records[Portal(host, int(port))] = record
+        return records
 
     async def login(self, iqn: str, portal: Portal, *, mutual_chap: bool, timeout: float) -> None:
         try:
@@ -261,14 +267,27 @@ class Iscsiadm:
         except CommandFailed as err:
             raise _login_error(err, iqn, portal, mutual_chap) from err
 
-    async def logout(self, iqn: str, portal: Portal) -> None:
-        await self._run(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
-                         "--logout"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+    async def logout(self, iqn: str, portal: Portal | None = None) -> None:
+        """Our session of `iqn` at `portal`; with no portal, every one of ours of
+        `iqn` in one process (iscsiadm matches the sessions by target and iface)."""
+        where = ["-p", str(portal)] if portal is not None else []
+        await self._run(["-m", "node", "-T", iqn, *where, "-I", self.iface, "--logout"],
+                        ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
 
-    async def delete_node(self, iqn: str, portal: Portal) -> None:
+    async def delete_nodes(self, iqn: str, portals: Iterable[Portal] | None = None) -> None:
+        """Our node records of `iqn` (at `portals`, or all) removed as `iscsiadm -o
+        delete` removes them: the record, then its directories once empty. Done in
+        place: a process per record was most of a detach's CPU time."""
         async with self._db():
-            await self._run_db(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
-                                "-o", "delete"], ok=(IscsiErr.SUCCESS, IscsiErr.NO_OBJS_FOUND))
+            records = self._our_records(iqn)
+            for portal in records if portals is None else portals:
+                record = records.get(portal)
+                if record is None:
+                    continue
+                self.fs.unlink(record)
+                if record.endswith(f"/{self.iface}"):
+                    self.fs.remove_empty_dir(record.rsplit("/", 1)[0])
+            self.fs.remove_empty_dir(f"{self.node_db}/{iqn}")
 
     def _discovery_record(self, portal: Portal) -> str:
         for match in self.fs.glob(f"{ETC_ISCSI}/send_targets/{record_portal(portal)}/st_config"):

@@ -50,15 +50,17 @@ class Host:
             returncode=returncode, side_effect=effect,
             stderr="" if returncode == 0 else f"iscsiadm: initiator reported error ({returncode})")
 
-    def expect_logout(self, iqn: str, portal: str) -> None:
-        self.executor.expect(
-            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "--logout"],
-            side_effect=lambda: self.kernel.remove_session(iqn, portal))
+    def expect_logout(self, iqn: str, portal: str | None = None) -> None:
+        """One portal's session, or with none every session of the target."""
+        where = ["-p", portal] if portal else []
 
-    def expect_delete(self, iqn: str, portal: str) -> None:
+        def effect() -> None:
+            for p in [portal] if portal else (P1, P2):
+                if self.kernel.session_host(iqn, p) is not None:
+                    self.kernel.remove_session(iqn, p)
         self.executor.expect(
-            ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "-I", "hostagent", "-o",
-             "delete"], side_effect=lambda: self.record(iqn, portal).unlink())
+            ["iscsiadm", "-m", "node", "-T", iqn, *where, "-I", "hostagent", "--logout"],
+            side_effect=effect)
 
     def attach(self, vol: IscsiVolume, multipath: bool = True) -> Device:
         return asyncio.run(self.connector.attach(vol, multipath=multipath))
@@ -108,6 +110,4 @@ class Agent:
             self.host.expect_login(iqn, p)
 
     def expect_release(self, iqn: str = IQN) -> None:
-        for p in (P1, P2):
-            self.host.expect_logout(iqn, p)
-            self.host.expect_delete(iqn, p)
+        self.host.expect_logout(iqn)

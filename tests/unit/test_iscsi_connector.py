@@ -64,7 +64,6 @@ def test_wrong_chap_fails_and_deletes_the_records_it_made(host: Host) -> None:
     for p in (P1, P2):
         host.expect_new_node(IQN, p)
         host.expect_login(IQN, p, returncode=24)
-        host.expect_delete(IQN, p)
     with pytest.raises(AuthenticationFailed):
         host.attach(datera(CHAP))
     host.executor.assert_done()
@@ -77,9 +76,7 @@ def test_an_unexpected_wwn_is_never_returned_and_nothing_stays(host: Host) -> No
     for p in (P1, P2):
         host.expect_new_node(IQN, p)
         host.expect_login(IQN, p)
-    for p in (P1, P2):
-        host.expect_logout(IQN, p)
-        host.expect_delete(IQN, p)
+    host.expect_logout(IQN)
     with pytest.raises(WwnMismatch):
         host.attach(datera(expected="36001405ffffffffffffffffffffffff"))
     host.executor.assert_done()
@@ -99,14 +96,49 @@ def test_k2_detach_keeps_sessions_other_luns_use(host: Host) -> None:
     asyncio.run(host.connector.detach(k2(1), first))
     assert len(host.executor.calls) == 4  # LUN 2 still uses both sessions
     assert host.kernel.dm_of(WWID) is None and host.kernel.dm_of(second.wwn) is not None
-    for p in (P1, P2):
-        host.expect_logout(K2, p)
-        host.expect_delete(K2, p)
+    host.expect_logout(K2)
     asyncio.run(host.connector.detach(k2(2), second))
     host.executor.assert_done()
     assert list(host.kernel.p("/sys/class/scsi_device").iterdir()) == []
     assert f"/{WWID}/" not in host.kernel.p("/etc/multipath/wwids").read_text()
     assert host.kernel.flushed == ["/dev/dm-0", "/dev/dm-1"]
+
+
+def test_detach_logs_out_a_target_in_one_process_and_removes_only_our_records(
+        host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p)
+    device = host.attach(datera())
+    nodes = host.kernel.p(f"/etc/iscsi/nodes/{IQN}")
+    theirs = nodes / "192.0.2.9,3260,1" / "default"  # another tool's, discovered
+    theirs.parent.mkdir()
+    theirs.write_text("iface.iscsi_ifacename = default\n")
+    host.expect_logout(IQN)
+    asyncio.run(host.connector.detach(datera(), device))
+    host.executor.assert_done()
+    assert len(host.executor.calls) == 5  # 4 to attach, 1 to detach
+    assert [e.name for e in nodes.iterdir()] == ["192.0.2.9,3260,1"] and theirs.exists()
+    assert host.kernel.session_host(IQN, P1) is None and host.kernel.session_host(IQN, P2) is None
+
+
+def test_a_target_with_a_lun_left_on_one_portal_loses_only_its_idle_portal(
+        host: Host) -> None:
+    host.kernel.luns[(K2, 1)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(K2, p)
+        host.expect_login(K2, p)
+    device = host.attach(k2(1))
+    p1_host = host.kernel.session_host(K2, P1)
+    assert p1_host is not None
+    host.kernel.add_disk(p1_host, 2, WWID[:-1] + "9")  # another LUN, on one path only
+    host.expect_logout(K2, P2)
+    asyncio.run(host.connector.detach(k2(1), device))
+    host.executor.assert_done()
+    assert host.kernel.session_host(K2, P1) == p1_host
+    assert host.kernel.session_host(K2, P2) is None
+    assert host.record(K2, P1).exists() and not host.record(K2, P2).exists()
 
 
 def test_a_stale_disk_at_the_same_lun_is_replaced(host: Host) -> None:
