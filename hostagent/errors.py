@@ -56,10 +56,20 @@ class HostCommandError(HostAgentError):
     http_status = 502
 
 
+def _tail(text: str, limit: int = 500) -> str:
+    """The last lines of `text` within `limit` characters: a tool's retries can fill
+    its stderr, and a message must not begin mid-word."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    return "... " + (tail.split("\n", 1)[1] if "\n" in tail else tail)
+
+
 class CommandFailed(HostCommandError):
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
         super().__init__(
-            f"{argv[0]} exited with {returncode}: {stderr.strip()[-500:]}",
+            f"{argv[0]} exited with {returncode}: {_tail(stderr)}",
             argv=argv, returncode=returncode,
         )
         self.argv = argv

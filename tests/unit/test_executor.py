@@ -411,3 +411,14 @@ def test_fake_side_effect_and_call_record() -> None:
     assert seen == ["settled"]
     call = fake.calls[0]
     assert (call.input, call.timeout, call.ok_codes) == ("x", 30, (0,))
+
+
+def test_a_long_stderr_keeps_its_last_whole_lines() -> None:
+    lines = [f"iscsiadm: cannot make connection to 192.0.2.1: Network is unreachable ({i})"
+             for i in range(20)]
+    err = CommandFailed(["iscsiadm", "-m", "discovery"], 4, "\n".join(lines) + "\n")
+    message = err.message
+    assert message.startswith("iscsiadm exited with 4: ... iscsiadm: cannot make")
+    assert message.endswith("(19)") and len(message) < 540
+    short = CommandFailed(["multipath"], 1, "one line\n")
+    assert short.message == "multipath exited with 1: one line"
