@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,7 @@ from hostagent.host.udev import PyudevWatcher
 from hostagent.models import Device
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import check_data
+from tests.kernel.test_daemon import RUN_DIR, Daemon, assert_attached, cli_attach
 from tests.kernel.test_iscsi_connector import assert_nothing_of
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.lio import Export, IscsiArray
@@ -92,3 +94,22 @@ def test_k2_two_luns_share_the_sessions_until_the_last_detach(
     detach(connector, second, devices[1])
     assert_nothing_of(second)
     assert probe.sessions() == []
+
+
+def test_the_agent_configured_with_engine_os_brick_serves_attach_and_detach(
+        array: IscsiArray, tmp_path: Path) -> None:
+    RUN_DIR.mkdir(exist_ok=True)
+    (tmp_path / "agent").mkdir()
+    agent = Daemon(tmp_path / "agent", {"DEFAULT": {"engine": "os-brick"}})
+    agent.start()
+    try:
+        export = array.export_datera()
+        att = cli_attach(agent, tmp_path, export, "brick-1")
+        assert_attached(att, export)
+        check_data(att["device"]["path"])
+        result = agent.cli("detach", "brick-1")
+        assert result.returncode == 0, result.stderr
+        assert_nothing_of(export)
+    finally:
+        agent.stop()
+    assert "(engine os-brick," in agent.log.read_text()

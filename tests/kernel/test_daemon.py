@@ -39,16 +39,23 @@ class Daemon:
     """`hostagent serve` as a child process with its own config and state, and the
     crash hook's file (crashhook.CRASH_FILE_ENV) to stop it at a chosen phase."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, options: dict[str, dict[str, str]] | None = None) -> None:
+        """`options`: config options by section, over the ones written here."""
         self.socket = str(RUN_DIR / "hostagent.sock")
         self.config = root / "hostagent.conf"
         self.state_dir = root / "state"
-        self.config.write_text(
-            f"[DEFAULT]\nsocket = {self.socket}\nstate_dir = {self.state_dir}\n"
-            f"lock_path = {root / 'locks'}\nlog_level = DEBUG\nsocket_group = 0\n"
+        sections: dict[str, dict[str, str]] = {
+            "DEFAULT": {"socket": self.socket, "state_dir": str(self.state_dir),
+                        "lock_path": str(root / "locks"), "log_level": "DEBUG",
+                        "socket_group": "0"},
             # An emulated guest: udev takes far longer per disk than a real host
             # when twenty attaches land at once.
-            "[timeouts]\ndevice = 180\nattach = 900\n")
+            "timeouts": {"device": "180", "attach": "900"}}
+        for section, values in (options or {}).items():
+            sections.setdefault(section, {}).update(values)
+        self.config.write_text("".join(
+            f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+            for section, values in sections.items()))
         self.crash_file = root / "crash-at"
         self.crash_file.write_text("")
         self.log = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp")) / "daemon-test.log"
@@ -231,7 +238,8 @@ def test_a_crash_after_each_host_command_of_a_detach_is_finished(array: IscsiArr
         assert_nothing_of(export)
         break
     record_sweep("detach", outcomes)
-    assert 4 <= len(outcomes) < MAX_SWEEP
+    # multipathd's disablequeueing and del map, then one logout of both portals.
+    assert 3 <= len(outcomes) < MAX_SWEEP
 
 
 class ProcessSampler:
@@ -372,7 +380,6 @@ def test_another_tools_session_and_map_are_never_touched(array: IscsiArray,
 LOAD_PARALLEL = 16  # requests in flight at once
 
 
-@pytest.mark.slow  # ~5.5 min in the guest: run with scripts/test kernel -m slow
 def test_load_of_64_requests_over_8_targets_with_retries(
         array: IscsiArray, daemon: Daemon, guest: Guest, tmp_path: Path) -> None:
     # Eight targets: four Datera volumes (a target each) and four K2 systems (a
