@@ -287,8 +287,14 @@ class Direct:
     async def detach(self, export: AnyExport, handle: Any) -> None:
         disks = os.listdir(f"/sys/block/{handle}/slaves")
         hctls = [scsi.hctl_of_disk(self.fs, sd) for sd in disks]
-        answer = await self.mpd.command(f"del map {export.wwid}", timeout=60)
-        if answer.strip() != "ok":
+        for attempt in range(3):
+            # udev's blkid may still hold a map that was just made: multipathd says
+            # "fail" (the native engine retries the same way).
+            answer = await self.mpd.command(f"del map {export.wwid}", timeout=60)
+            if answer.strip() == "ok":
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        else:
             raise RuntimeError(f"multipathd del map {export.wwid}: {answer}")
         for hctl in hctls:
             if hctl:
@@ -300,6 +306,15 @@ class Direct:
             # What `iscsiadm -o delete` does, without a process (and without walking
             # the database while concurrent detaches change it).
             shutil.rmtree(f"/etc/iscsi/nodes/{export.iqn}", ignore_errors=True)
+
+
+def reset_host() -> None:
+    """After a failed case: the maps, sessions and records it left would skew the
+    next cases or break them (a K2 LUN scanned on a leftover session joins the map
+    another engine is building)."""
+    for argv in (["multipath", "-F"], ["iscsiadm", "-m", "node", "-u"],
+                 ["iscsiadm", "-m", "node", "-o", "delete"]):
+        subprocess.run(argv, check=False, capture_output=True, timeout=120)
 
 
 # ---- the cases --------------------------------------------------------------------
@@ -329,6 +344,7 @@ class Bench:
             note = f"{type(err).__name__}: {err}"[:300]
             self.notes[f"{case}-{engine.name}-failed-{len(self.notes)}"] = note
             print(f"  case {case} on {engine.name} FAILED: {note}", flush=True)
+            reset_host()
 
     def case_a(self, engine: Engine) -> None:
         export = self.array.export_datera()
