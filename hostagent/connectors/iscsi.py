@@ -165,8 +165,8 @@ class IscsiConnector:
         }
 
     def _session(self, iqn: str, portal: str) -> scsi.IscsiSession | None:
-        for s in scsi.iscsi_sessions(self.fs):
-            if s.iqn == iqn and str(s.portal) == portal and s.iface == self.options.iface:
+        for s in scsi.iscsi_sessions(self.fs, iqn):
+            if str(s.portal) == portal and s.iface == self.options.iface:
                 return s
         return None
 
@@ -236,13 +236,12 @@ class IscsiConnector:
 
         A target none of whose sessions holds a LUN goes whole: one logout for all
         its portals, and its records. Otherwise only its idle portals go."""
-        ours = [s for s in scsi.iscsi_sessions(self.fs) if s.iface == self.options.iface]
         portals: dict[str, list[Portal]] = {}
         for t in targets:
             portals.setdefault(t.iqn, []).append(t.portal)
-        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)),
-                                             [s for s in ours if s.iqn == iqn])
-                               for iqn, wanted in portals.items()))
+        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)), [
+            s for s in scsi.iscsi_sessions(self.fs, iqn) if s.iface == self.options.iface])
+            for iqn, wanted in portals.items()))
 
     async def _release(self, iqn: str, portals: list[Portal],
                        sessions: list[scsi.IscsiSession]) -> None:

@@ -30,19 +30,23 @@ class IscsiSession:
     target_id: int
 
 
-def iscsi_sessions(fs: HostFS) -> list[IscsiSession]:
+def iscsi_sessions(fs: HostFS, iqn: str | None = None) -> list[IscsiSession]:
+    """Every session, or those of target `iqn`: the others' attributes are not read
+    (each sysfs read costs, and a busy host has many sessions)."""
     sessions = []
     for name in fs.listdir(f"{SYS_CLASS}/iscsi_session"):
         base = f"{SYS_CLASS}/iscsi_session/{name}"
+        target = fs.try_read(f"{base}/targetname")
+        if iqn is not None and target != iqn:
+            continue
         m = _SESSION_HOST.search(fs.realpath(base) + "/")
-        iqn = fs.try_read(f"{base}/targetname")
         conn = f"{SYS_CLASS}/iscsi_connection/connection{name[7:]}:0"
         address = fs.try_read(f"{conn}/persistent_address")
         port = fs.try_read(f"{conn}/persistent_port")
-        if not (m and iqn and address and port):
+        if not (m and target and address and port):
             continue  # a session being torn down
         sessions.append(IscsiSession(
-            sid=int(m[2]), host=int(m[1]), iqn=iqn, portal=Portal(address, int(port)),
+            sid=int(m[2]), host=int(m[1]), iqn=target, portal=Portal(address, int(port)),
             iface=fs.try_read(f"{base}/ifacename") or "default",
             state=fs.try_read(f"{base}/state") or "UNKNOWN",
             target_id=int(fs.try_read(f"{base}/target_id") or 0)))

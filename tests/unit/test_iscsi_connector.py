@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hostagent.errors import AuthenticationFailed, DeviceBusy, InvalidRequest, WwnMismatch
+from hostagent.host import scsi
 from hostagent.models import FcVolume
 from tests.unit.iscsihost import CHAP, IQN, K2, P1, P2, WWID, Host, datera, k2
 
@@ -198,3 +199,21 @@ def test_connector_properties_like_os_brick(host: Host) -> None:
     assert props["initiator"] == "iqn.1993-08.org.debian:01:abc"
     assert props["multipath"] is True and props["os_type"] == "linux"
     assert {"ip", "host", "platform"} <= set(props)
+
+
+def test_sessions_of_one_target_are_read_without_the_others_attributes(host: Host) -> None:
+    host.kernel.add_session(IQN, P1)
+    host.kernel.add_session(K2, P1)
+    host.kernel.add_session(K2, P2)
+    assert sorted(str(s.portal) for s in scsi.iscsi_sessions(host.fs, K2)) == sorted([P1, P2])
+    assert [s.iqn for s in scsi.iscsi_sessions(host.fs, IQN)] == [IQN]
+    assert len(scsi.iscsi_sessions(host.fs)) == 3
+    reads = []
+    real_read = host.fs.try_read
+
+    def counted(path: str) -> str | None:
+        reads.append(path)
+        return real_read(path)
+    host.fs.try_read = counted  # type: ignore[method-assign]
+    scsi.iscsi_sessions(host.fs, IQN)
+    assert sum("connection" in r for r in reads) == 2  # address and port of IQN's only
