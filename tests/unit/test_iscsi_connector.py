@@ -201,7 +201,8 @@ def test_connector_properties_like_os_brick(host: Host) -> None:
     assert {"ip", "host", "platform"} <= set(props)
 
 
-def test_sessions_of_one_target_are_read_without_the_others_attributes(host: Host) -> None:
+def test_sessions_of_one_target_are_read_without_the_others_attributes(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     host.kernel.add_session(IQN, P1)
     host.kernel.add_session(K2, P1)
     host.kernel.add_session(K2, P2)
@@ -214,6 +215,6 @@ def test_sessions_of_one_target_are_read_without_the_others_attributes(host: Hos
     def counted(path: str) -> str | None:
         reads.append(path)
         return real_read(path)
-    host.fs.try_read = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(host.fs, "try_read", counted)
     scsi.iscsi_sessions(host.fs, IQN)
     assert sum("connection" in r for r in reads) == 2  # address and port of IQN's only
