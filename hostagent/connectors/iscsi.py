@@ -130,7 +130,7 @@ class IscsiConnector:
     async def _connect(self, target: IscsiTarget, vol: IscsiVolume,
                        progress: Progress) -> ScsiPath:
         iqn, portal = target.iqn, target.portal
-        session = self._session(iqn, str(portal))
+        session = self.session(iqn, str(portal))
         if session is None:
             settings = self._node_settings(vol.chap)
             if self.iscsiadm.has_node(iqn, portal):
@@ -141,7 +141,7 @@ class IscsiConnector:
             await self.iscsiadm.login(
                 iqn, portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
                 timeout=self.options.login_timeout * self.options.login_attempts + 15)
-            session = self._session(iqn, str(portal))
+            session = self.session(iqn, str(portal))
             if session is None:
                 raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
                                   "session", iqn=iqn, portal=str(portal))
@@ -164,7 +164,8 @@ class IscsiConnector:
             **chap_settings(chap, "node.session.auth"),
         }
 
-    def _session(self, iqn: str, portal: str) -> scsi.IscsiSession | None:
+    def session(self, iqn: str, portal: str) -> scsi.IscsiSession | None:
+        """hostagent's own session to `iqn` at `portal`, if the kernel has it."""
         for s in scsi.iscsi_sessions(self.fs, iqn):
             if str(s.portal) == portal and s.iface == self.options.iface:
                 return s

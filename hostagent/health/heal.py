@@ -83,9 +83,9 @@ class Healer:
         await iscsiadm.login(target.iqn, target.portal,
                              mutual_chap=bool(vol.chap and vol.chap.mutual),
                              timeout=opts.login_timeout * opts.login_attempts + 15)
-        for s in scsi.iscsi_sessions(self.fs):
-            if s.iqn == target.iqn and str(s.portal) == p.label and s.iface == opts.iface:
-                return f"{s.host}:0:{s.target_id}:{target.lun}"
+        s = connector.session(target.iqn, p.label)
+        if s is not None:
+            return f"{s.host}:0:{s.target_id}:{target.lun}"
         raise LoginFailed(f"logged in to {target.iqn} at {p.label} but the kernel shows no "
                           "session", iqn=target.iqn, portal=p.label)
 
