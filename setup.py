@@ -19,8 +19,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "hostagent = hostagent.daemon:main",
-            "hostagent-cli = hostagent.cli:main",
+            "hostagent = hostagent.agent.daemon:main",
+            "hostagent-cli = hostagent.cli.main:main",
         ],
     },
     data_files=[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from hostagent import cli
+from hostagent.cli import main as cli
 
 NOBODY = 65534
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from hostagent.connectors.base import Progress, host_properties, no_progress
 from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
+from hostagent.connectors.locks import TargetLocks
 from hostagent.errors import (
     HostAgentError,
     HostCommandError,
@@ -32,7 +33,6 @@ from hostagent.host.executor import Executor
 from hostagent.host.fs import SYS_CLASS, HostFS
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev
-from hostagent.locks import TargetLocks
 from hostagent.models import DetachResult, Device, FcVolume, PathInfo, VolumeSpec
 
 

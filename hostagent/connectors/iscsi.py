@@ -18,6 +18,7 @@ from typing import Any
 
 from hostagent.connectors.base import Progress, host_properties, no_progress
 from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
+from hostagent.connectors.locks import TargetLocks
 from hostagent.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -30,7 +31,6 @@ from hostagent.host.fs import ETC_ISCSI, SYS_CLASS, HostFS
 from hostagent.host.iscsiadm import Iscsiadm, chap_settings
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev
-from hostagent.locks import TargetLocks
 from hostagent.models import (
     Chap,
     DetachResult,

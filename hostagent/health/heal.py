@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hostagent.agent.service import Service
 from hostagent.connection_info import parse
 from hostagent.connectors.fc import FcConnector
 from hostagent.connectors.iscsi import IscsiConnector
@@ -21,7 +22,6 @@ from hostagent.models import (
     PathInfo,
     Status,
 )
-from hostagent.service import Service
 
 # ---- self-healing ---------------------------------------------------------------------
 

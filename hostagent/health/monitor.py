@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hostagent.agent.metrics import Metrics
+from hostagent.agent.service import Service
 from hostagent.connectors.devices import describe
 from hostagent.connectors.iscsi import IscsiConnector
 from hostagent.errors import HostAgentError
@@ -30,12 +32,10 @@ from hostagent.health.verdict import (
 )
 from hostagent.host.fs import HostFS
 from hostagent.host.multipath import Multipath, MultipathdClient
-from hostagent.metrics import Metrics
 from hostagent.models import (
     Attachment,
     Status,
 )
-from hostagent.service import Service
 
 # ---- the monitor --------------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hostagent.client import Client, ClientError
+from hostagent.agent.state import Store
+from hostagent.cli.client import Client, ClientError
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.connectors.brick import (
     BrickConnector,
@@ -54,7 +55,6 @@ from hostagent.host.fs import HostFS
 from hostagent.host.multipath import SocketClient
 from hostagent.host.udev import PyudevWatcher, block_initialized
 from hostagent.models import Attachment, Device, Status, device_from_dict
-from hostagent.state import Store
 from tests.kernel.testbed import guest as guest_mod
 from tests.kernel.testbed.fcoe import FcArray, FcExport, FcFabric
 from tests.kernel.testbed.lio import Export, IscsiArray
@@ -502,7 +502,7 @@ def case_e(engine: str, requests: int, results: Results, notes: dict[str, str]) 
     _rows(store, 100)
     store.close()
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from hostagent.daemon import "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from hostagent.agent.daemon import "
                              "main; sys.exit(main())", "serve", "--config", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from hostagent.api.openapi import MAX_PREFLIGHT_PORTALS, MAX_TIMEOUT
 from hostagent.connection_info import (
     MAX_CHAP_LEN,
     MAX_IQN_BYTES,
@@ -30,7 +31,6 @@ from hostagent.connection_info import (
     MAX_PORTAL_LEN,
     MAX_VOLUME_ID_LEN,
 )
-from hostagent.openapi import MAX_PREFLIGHT_PORTALS, MAX_TIMEOUT
 
 IQN = "iqn.2013-05.com.daterainc:tc:01:sn:0123456789abcdef"
 K2_IQN = "iqn.2009-01.com.kaminario:storage.k2.abc123"

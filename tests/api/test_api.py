@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from hostagent import openapi
-from hostagent.api import ROUTES, make_app
+from hostagent.api import openapi
+from hostagent.api.app import ROUTES, make_app
 from tests.unit.iscsihost import IQN, P1, P2, SECRET, WWID, Agent, info
 
 MAX_BODY = 4096

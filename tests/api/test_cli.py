@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from hostagent import cli
-from hostagent.api import PeerCheck, make_app
+from hostagent.api.app import make_app
+from hostagent.api.peer import PeerCheck
+from hostagent.cli import main as cli
 from hostagent.exitcodes import ExitCode
 from hostagent.host.fs import HostFS
 from tests.unit.iscsihost import IQN, P1, P2, SECRET, WWID, Agent, info

@@ -36,12 +36,12 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from hostagent import openapi
-from hostagent.api import attach_request, make_app
+from hostagent.agent.metrics import Metrics
+from hostagent.api import openapi
+from hostagent.api.app import attach_request, make_app
 from hostagent.connection_info import MAX_PORTAL_LEN, parse_portal
 from hostagent.errors import InvalidRequest
 from hostagent.health import HealthMonitor, HealthOptions
-from hostagent.metrics import Metrics
 from tests.unit.iscsihost import IQN, WWID, Agent
 
 MAX_EXAMPLES = 100  # fuzzing-phase examples per operation; the suite stays well under 60 s

@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from hostagent import cli
-from hostagent.api import make_app
+from hostagent.agent.metrics import Metrics
+from hostagent.api.app import make_app
+from hostagent.cli import main as cli
 from hostagent.exitcodes import HealthExit
 from hostagent.health import HealthMonitor, HealthOptions
-from hostagent.metrics import Metrics
 from tests.api.test_cli import Server
 from tests.unit.iscsihost import IQN, P1, P2, WWID, Agent, info
 from tests.unit.test_health import log_out_behind_our_back

@@ -32,12 +32,12 @@ from typing import Any
 
 import pytest
 
-from hostagent import cli
-from hostagent.api import attach_request, make_app
+from hostagent.agent.service import Service
+from hostagent.api.app import attach_request, make_app
+from hostagent.cli import main as cli
+from hostagent.cli.local import Host as LocalHost
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
 from hostagent.exitcodes import ExitCode
-from hostagent.localcli import Host as LocalHost
-from hostagent.service import Service
 from tests.api import hostile
 from tests.api.hostile import CASES, PREFLIGHT_PORTALS, QUERIES, Case, Query
 from tests.api.test_cli import Server
@@ -310,7 +310,7 @@ def test_cli_values_argparse_refuses(corpus: Corpus, socket_server: Server,
 def test_cli_preflight_portals(corpus: Corpus, capsys: pytest.CaptureFixture[str],
                                monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     node = corpus.agent.node
-    monkeypatch.setattr("hostagent.localcli.real_host",
+    monkeypatch.setattr("hostagent.cli.local.real_host",
                         lambda: LocalHost(node.preflight, node.mpconf))
     status = cli.main(["preflight", "--portal", "10.0.0.2", f"--portal={value}"])
     out, err = capsys.readouterr()

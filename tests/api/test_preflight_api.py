@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hostagent import openapi
+from hostagent.api import openapi
 from tests.api.test_api import assert_error, one
 from tests.unit.iscsihost import Agent
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from hostagent.client import Client, ClientError
-from hostagent.crashhook import CRASH_FILE_ENV
+from hostagent.agent.crashhook import CRASH_FILE_ENV
+from hostagent.cli.client import Client, ClientError
 from hostagent.exitcodes import ExitCode
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import check_data
@@ -65,7 +65,7 @@ class Daemon:
         with self.log.open("ab") as log:
             log.write(f"\n==== start at {time.strftime('%H:%M:%S')}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from hostagent.daemon import main; "
+                [sys.executable, "-c", "import sys; from hostagent.agent.daemon import main; "
                  "sys.exit(main())", "serve", "--config", str(self.config)],
                 stdout=log, stderr=log, env={**os.environ, CRASH_FILE_ENV: str(self.crash_file)})
         try:  # Python starts slowly in an emulated guest that shares files over 9p
@@ -93,7 +93,7 @@ class Daemon:
         self.proc = None
 
     def crash_at(self, where: str) -> None:
-        """A phase prefix or "command:N" (see hostagent.crashhook); "" for none."""
+        """A phase prefix or "command:N" (see hostagent.agent.crashhook); "" for none."""
         self.crash_file.write_text(where)
 
     def restart_after_crash(self) -> None:
@@ -110,7 +110,8 @@ class Daemon:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", "import sys; from hostagent.cli import main; sys.exit(main())",
+            [sys.executable, "-c",
+             "import sys; from hostagent.cli.main import main; sys.exit(main())",
              "--socket", self.socket, *args], capture_output=True, text=True, timeout=600)
 
 

@@ -24,7 +24,7 @@ from hostagent.host.fs import HostFS
 from hostagent.host.multipath import SocketClient
 from hostagent.host.udev import PyudevWatcher
 from hostagent.models import FcVolume
-from hostagent.preflight import Status, fc_check
+from hostagent.node.preflight import Status, fc_check
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import MIB, EngineHost, check_data, write_metrics
 from tests.kernel.testbed import probe

@@ -9,7 +9,7 @@ content type and schema, negative data refused, every 4xx (and 5xx) exactly
 {"error": {"code", "message", "details"}}. A 502 or 504 is a host failure: allowed
 only where the document lists it, in the error shape.
 
-Every operation of hostagent.openapi.SPEC is fuzzed as it is. The document calls
+Every operation of hostagent.api.openapi.SPEC is fuzzed as it is. The document calls
 connection_info an object, so no generated attach gets past the parser to the
 host; a second test fuzzes POST /v1/attachments with connection_info narrowed to
 iSCSI data whose portals and IQNs are made up (unroutable: the guest has no
@@ -46,9 +46,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from hostagent import openapi
-from hostagent.client import ClientError
-from hostagent.state import Store
+from hostagent.agent.state import Store
+from hostagent.api import openapi
+from hostagent.cli.client import ClientError
 from tests.api.test_fuzz import LOOSER_THAN_THE_SERVER, StCase, documented, error_shape
 from tests.kernel.test_daemon import RUN_DIR, Daemon, record
 from tests.kernel.testbed import leaks, probe

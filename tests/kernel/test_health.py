@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from hostagent.agent.service import AttachRequest, Service
+from hostagent.agent.state import Store
 from hostagent.connection_info import ISCSI, parse
 from hostagent.exitcodes import ExitCode, HealthExit
 from hostagent.health import HealthMonitor, HealthOptions
 from hostagent.host.fs import HostFS
-from hostagent.service import AttachRequest, Service
-from hostagent.state import Store
 from tests.kernel import rawtools as raw
 from tests.kernel.test_daemon import RUN_DIR, Daemon
 from tests.kernel.test_fc_connector import wait_link_down

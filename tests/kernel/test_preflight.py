@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from hostagent.localcli import checks_table
-from hostagent.mpathconf import load_stanzas
-from hostagent.preflight import Check, Status
+from hostagent.cli.local import checks_table
+from hostagent.node.mpathconf import load_stanzas
+from hostagent.node.preflight import Check, Status
 from tests.kernel.test_iscsi_connector import native_host
 from tests.kernel.testbed import guest as guest_mod
 from tests.kernel.testbed.faults import Faults
@@ -33,7 +33,7 @@ INITIATOR_FILE = Path("/etc/iscsi/initiatorname.iscsi")
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from hostagent.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from hostagent.cli.main import main; sys.exit(main())",
          *args], capture_output=True, text=True, timeout=300, check=False)
 
 

@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from hostagent.agent.service import AttachRequest, Service
+from hostagent.agent.state import Store
 from hostagent.connection_info import ISCSI, parse
 from hostagent.connectors.iscsi import IscsiConnector
 from hostagent.models import Attachment, Chap, Device, IscsiTarget, IscsiVolume, Portal
-from hostagent.service import AttachRequest, Service
-from hostagent.state import Store
 from tests.unit.fakehost import RECORD, FakeHostFS, FakeKernel, FakeMultipathd, FakeUdev
 from tests.unit.fakes import FakeExecutor
 from tests.unit.preflighthost import Node

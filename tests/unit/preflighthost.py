@@ -9,8 +9,8 @@ from pathlib import Path
 from hostagent.errors import DaemonUnavailable
 from hostagent.host.fs import HostFS
 from hostagent.host.net import Route
-from hostagent.mpathconf import MultipathConfig
-from hostagent.preflight import Preflight
+from hostagent.node.mpathconf import MultipathConfig
+from hostagent.node.preflight import Preflight
 from tests.unit.fakes import FakeExecutor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "guest"

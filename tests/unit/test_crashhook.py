@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hostagent.crashhook import CrashHook, CrashingExecutor, CrashingMultipathd
+from hostagent.agent.crashhook import CrashHook, CrashingExecutor, CrashingMultipathd
 from hostagent.errors import CommandFailed
 from tests.unit.fakes import FakeExecutor
 from tests.unit.preflighthost import StatusMultipathd

@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import pytest
 
+from hostagent.agent.service import AttachRequest, Service
+from hostagent.agent.state import Store
 from hostagent.connection_info import FIBRE_CHANNEL, parse
 from hostagent.connectors.fc import FcOptions
 from hostagent.errors import (
@@ -26,8 +28,6 @@ from hostagent.errors import (
 )
 from hostagent.host import fc
 from hostagent.models import IscsiTarget, IscsiVolume, Portal, Status
-from hostagent.service import AttachRequest, Service
-from hostagent.state import Store
 from tests.unit.fakehost import FakeUdev
 from tests.unit.fchost import I1, I2, I3, OTHER, T1, T2, T3, WWID, Host, k2
 

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from hostagent.agent.metrics import Metrics, report_preflight
+from hostagent.agent.service import AttachRequest, Service
+from hostagent.agent.state import Store
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.errors import DaemonUnavailable
 from hostagent.health import (
@@ -36,10 +39,7 @@ from hostagent.health import (
     report_to_dict,
 )
 from hostagent.host.fs import HostFS
-from hostagent.metrics import Metrics, report_preflight
 from hostagent.models import Status
-from hostagent.service import AttachRequest, Service
-from hostagent.state import Store
 from tests.unit import fchost
 from tests.unit.fakehost import FakeKernel
 from tests.unit.iscsihost import IQN, P1, P2, WWID, Agent, info

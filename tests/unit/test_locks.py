@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hostagent.locks import TargetLocks
+from hostagent.connectors.locks import TargetLocks
 
 
 async def _trace(locks: TargetLocks, keys: list[str], name: str, log: list[str],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hostagent.errors import InvalidConfig
-from hostagent.mpathconf import (
+from hostagent.node.mpathconf import (
     Block,
     blacklisted_by,
     effective,

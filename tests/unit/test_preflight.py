@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from hostagent import cli
+from hostagent.cli import main as cli
+from hostagent.cli.local import Host
 from hostagent.errors import CommandNotFound
 from hostagent.exitcodes import CheckExit, ExitCode
 from hostagent.host.fc import FcHba
 from hostagent.host.net import Route
-from hostagent.localcli import Host
 from hostagent.models import Portal
-from hostagent.mpathconf import load_stanzas, parse
-from hostagent.preflight import (
+from hostagent.node.mpathconf import load_stanzas, parse
+from hostagent.node.preflight import (
     Check,
     Options,
     Preflight,
@@ -186,7 +186,7 @@ def test_fc_hbas() -> None:
 
 def cli_run(node: Node, argv: list[str], capsys: pytest.CaptureFixture[str],
             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr("hostagent.localcli.real_host", lambda: Host(node.preflight,
+    monkeypatch.setattr("hostagent.cli.local.real_host", lambda: Host(node.preflight,
                                                                      node.mpconf))
     status = cli.main(argv)
     out, err = capsys.readouterr()

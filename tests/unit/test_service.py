@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from hostagent.agent.service import Service, redact_connection_info
+from hostagent.agent.state import DB_NAME, Store
 from hostagent.connection_info import ISCSI
 from hostagent.errors import AuthenticationFailed, Conflict, DeviceTimeout, NotFound
 from hostagent.models import Attachment, Status
-from hostagent.service import Service, redact_connection_info
-from hostagent.state import DB_NAME, Store
 from tests.unit.iscsihost import IQN, K2, P1, P2, SECRET, WWID, Agent, info
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hostagent.agent.state import DB_NAME, Store
 from hostagent.errors import NotFound
 from hostagent.models import (
     Attachment,
@@ -23,7 +24,6 @@ from hostagent.models import (
     device_from_dict,
     device_to_dict,
 )
-from hostagent.state import DB_NAME, Store
 
 IQN = "iqn.2013-05.com.daterainc:tc:01:sn:4f2a9c0d1e7b3a55"
 WWN = "36001405a1b2c3d4e5f60718293a4b5c6"

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from hostagent import crashhook
+from hostagent.agent import crashhook
+from hostagent.agent.state import Store
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.connectors.base import Connector
 from hostagent.errors import (
@@ -36,7 +37,6 @@ from hostagent.errors import (
     OperationInProgress,
 )
 from hostagent.models import Attachment, FcVolume, Status, VolumeSpec
-from hostagent.state import Store
 
 log = logging.getLogger("hostagent.service")
 T = TypeVar("T")

@@ -19,14 +19,20 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from hostagent import __version__, config, crashhook, logs
-from hostagent.api import PeerCheck, make_app
+from hostagent import __version__, config
+from hostagent.agent import crashhook, logs
+from hostagent.agent.metrics import Metrics, report_preflight
+from hostagent.agent.service import Service
+from hostagent.agent.state import Store
+from hostagent.api.app import make_app
+from hostagent.api.peer import PeerCheck
 from hostagent.config import Config
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
 from hostagent.connectors.base import Connector
 from hostagent.connectors.brick import BrickOptions, brick_connectors
 from hostagent.connectors.fc import FcConnector, FcOptions
 from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
+from hostagent.connectors.locks import TargetLocks
 from hostagent.errors import HostAgentError
 from hostagent.exitcodes import ExitCode
 from hostagent.health import HealthMonitor, HealthOptions
@@ -35,12 +41,8 @@ from hostagent.host.fs import HostFS
 from hostagent.host.multipath import MultipathdClient, SocketClient
 from hostagent.host.net import HostNet
 from hostagent.host.udev import PyudevWatcher
-from hostagent.locks import TargetLocks
-from hostagent.metrics import Metrics, report_preflight
-from hostagent.mpathconf import MultipathConfig
-from hostagent.preflight import Preflight
-from hostagent.service import Service
-from hostagent.state import Store
+from hostagent.node.mpathconf import MultipathConfig
+from hostagent.node.preflight import Preflight
 
 log = logging.getLogger("hostagent.daemon")
 

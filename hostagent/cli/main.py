@@ -1,5 +1,5 @@
 """hostagent-cli: attach, detach, list, show, extend and connector over the agent's socket;
-preflight and multipath run on the node itself (hostagent.localcli).
+preflight and multipath run on the node itself (hostagent.cli.local).
 
 Exit statuses are named in hostagent.exitcodes; `--json` prints the API's answers
 (errors included) as JSON on stdout. While an attach or detach runs, its phases
@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from hostagent import __version__
-from hostagent.client import Client, ClientError
+from hostagent.cli.client import Client, ClientError
 from hostagent.config import Config
 from hostagent.exitcodes import ExitCode, HealthExit
 
@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in LOCAL_COMMANDS:
         # Imported here so the commands that only talk to the socket stay on the
         # standard library (pyroute2 and asyncio alone cost ~0.2 s per call).
-        from hostagent import localcli
-        return localcli.main(args)
+        from hostagent.cli import local
+        return local.main(args)
     try:
         answer, text = run(args)
     except ClientError as err:

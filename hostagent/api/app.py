@@ -10,25 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import struct
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from hostagent import openapi
+from hostagent.agent.logs import op_id
+from hostagent.agent.metrics import Metrics
+from hostagent.agent.service import AttachRequest, Service
+from hostagent.api import openapi
+from hostagent.api.peer import PeerCheck
 from hostagent.connection_info import parse, parse_portal
-from hostagent.errors import Forbidden, HostAgentError, InvalidRequest, NotFound
+from hostagent.errors import HostAgentError, InvalidRequest, NotFound
 from hostagent.health import HealthMonitor, report_to_dict
-from hostagent.host.fs import PROC, HostFS
-from hostagent.logs import op_id
-from hostagent.metrics import Metrics
 from hostagent.models import attachment_to_dict
-from hostagent.preflight import Options, Preflight, report
-from hostagent.service import AttachRequest, Service
+from hostagent.node.preflight import Options, Preflight, report
 
 log = logging.getLogger("hostagent.api")
 
@@ -40,47 +37,6 @@ _MAX_DEPTH = 32
 # (8190) refused such a query with a plain-text 400, before the error middleware.
 _MAX_REQUEST_LINE = 64 * 1024
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
-
-
-# ---- who may talk to us --------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gids: frozenset[int]
-
-
-class PeerCheck:
-    """SO_PEERCRED of the Unix socket peer against an allow-list; root always passes.
-
-    The kernel's credentials give the primary gid only; supplementary groups
-    come from the peer's /proc status, so membership in the socket's group counts.
-    """
-
-    def __init__(self, fs: HostFS, uids: frozenset[int], gids: frozenset[int]) -> None:
-        self.fs, self.uids, self.gids = fs, uids, gids
-
-    def peer(self, request: web.Request) -> Peer:
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is None or sock.family != socket.AF_UNIX:
-            raise Forbidden("only local Unix-socket peers are served")
-        pid, uid, gid = struct.unpack("3i", sock.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-        return Peer(pid, uid, frozenset({gid, *self._groups(pid)}))
-
-    def _groups(self, pid: int) -> set[int]:
-        for line in (self.fs.try_read(f"{PROC}/{pid}/status") or "").splitlines():
-            if line.startswith("Groups:"):
-                return {int(g) for g in line.split()[1:]}
-        return set()
-
-    def check(self, request: web.Request) -> Peer:
-        peer = self.peer(request)
-        if peer.uid == 0 or peer.uid in self.uids or peer.gids & self.gids:
-            return peer
-        raise Forbidden(f"uid {peer.uid} is not allowed to use hostagent",
-                        uid=peer.uid, pid=peer.pid)
 
 
 # ---- request parsing ------------------------------------------------------------------

@@ -113,7 +113,7 @@ class Stanza:
 
 def stanza_dir() -> Path:
     """etc/multipath.conf.d of a source tree, else where setup.py installs it."""
-    for candidate in (Path(__file__).resolve().parents[1] / "etc" / "multipath.conf.d",
+    for candidate in (Path(__file__).resolve().parents[2] / "etc" / "multipath.conf.d",
                       Path(sys.prefix) / "share" / "hostagent" / "multipath.conf.d"):
         if candidate.is_dir():
             return candidate

@@ -23,7 +23,7 @@ from hostagent.host.iscsiadm import IscsiErr
 from hostagent.host.multipath import MultipathdClient
 from hostagent.host.net import Net, Route
 from hostagent.models import Portal
-from hostagent.mpathconf import (
+from hostagent.node.mpathconf import (
     Block,
     MultipathConfig,
     Stanza,

@@ -20,8 +20,8 @@ from hostagent.host.executor import AsyncExecutor
 from hostagent.host.fs import HostFS
 from hostagent.host.multipath import SocketClient
 from hostagent.host.net import HostNet
-from hostagent.mpathconf import MultipathConfig, effective
-from hostagent.preflight import Check, Options, Preflight, Status, overall, report
+from hostagent.node.mpathconf import MultipathConfig, effective
+from hostagent.node.preflight import Check, Options, Preflight, Status, overall, report
 
 _EXIT = {Status.PASS: CheckExit.PASS, Status.WARN: CheckExit.WARN, Status.FAIL: CheckExit.FAIL}
 

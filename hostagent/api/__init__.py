@@ -1,0 +1,1 @@
+"""The HTTP API on the Unix socket: the aiohttp app, peer checks, the OpenAPI document."""

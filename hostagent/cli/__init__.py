@@ -1,0 +1,2 @@
+"""hostagent-cli: commands over the agent's socket, and the local ones
+(preflight, multipath) that need no daemon."""
