@@ -136,3 +136,27 @@ class FakeExecutor:
         problems += [f"unexpected: {argv}" for argv in self.unexpected]
         if problems:
             raise AssertionError("FakeExecutor:\n  " + "\n  ".join(problems))
+
+
+class FakeClock:
+    """A Clock that moves only when told or slept on (Kubernetes' FakeClock):
+    a sleep returns at once, advances the time and is recorded."""
+
+    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self.now = start
+        self._wall_offset = wall - start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now + self._wall_offset
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)  # still a suspension point, as a real sleep is
