@@ -32,6 +32,7 @@ class InvalidRequest(HostAgentError):
     def __init__(self, field: str, message: str, **details: Any) -> None:
         super().__init__(f"{field}: {message}", field=field, **details)
         self.field = field
+        self.reason = message  # without the field, for whoever names the field anew
 
 
 class NotFound(HostAgentError):
@@ -42,11 +43,6 @@ class NotFound(HostAgentError):
 class Conflict(HostAgentError):
     code = "conflict"
     http_status = 409
-
-
-class PreflightFailed(HostAgentError):
-    code = "preflight_failed"
-    http_status = 412
 
 
 class HostCommandError(HostAgentError):

@@ -47,5 +47,5 @@ class HealthExit(IntEnum):
 
 
 _BY_STATUS = {400: ExitCode.INVALID, 403: ExitCode.FORBIDDEN, 404: ExitCode.NOT_FOUND,
-              409: ExitCode.CONFLICT, 410: ExitCode.GONE, 412: ExitCode.CONFLICT,
+              409: ExitCode.CONFLICT, 410: ExitCode.GONE,
               502: ExitCode.HOST, 504: ExitCode.TIMEOUT}

@@ -120,7 +120,7 @@ def attach_request(body: Mapping[str, Any], service: Service) -> AttachRequest:
     except InvalidRequest as err:
         field = err.field if err.field.startswith("connection_info") else \
             f"connection_info.{err.field}"
-        raise InvalidRequest(field, err.message.split(": ", 1)[-1]) from None
+        raise InvalidRequest(field, err.reason) from None
     return AttachRequest(att_id, info, spec, volume_id or spec.volume_id, multipath,
                          float(timeout))
 

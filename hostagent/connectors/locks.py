@@ -1,9 +1,12 @@
 """Per-target locks: attaches to different targets run in parallel.
 
-An asyncio lock orders the operations inside this process; an oslo.concurrency
-file lock (when a lock_path is configured) keeps other processes on the host
-that use the same lock_path (hostagent-cli's local mode, os-brick) out of the
-same target. There is no host-wide lock.
+An asyncio lock orders the operations inside this process. The oslo.concurrency
+file lock (when a lock_path is configured) excludes only other processes that
+take these same locks under the same lock_path: another process running
+hostagent's engines with the same lock_path (a second agent). It does not keep out
+os-brick, whose locks have other names (its connect_volume lock is host-wide),
+nor iscsiadm or an operator; hostagent-cli's local commands (preflight,
+multipath) touch no target and take none. There is no host-wide lock.
 """
 
 from __future__ import annotations

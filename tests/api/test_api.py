@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hostagent.api import openapi
 from hostagent.api.app import ROUTES, make_app
+from hostagent.connection_info import parse
+from hostagent.errors import InvalidRequest
 from tests.unit.iscsihost import IQN, P1, P2, SECRET, WWID, Agent, info
 
 MAX_BODY = 4096
@@ -157,6 +159,19 @@ def test_hostile_attach_requests_are_refused_naming_the_field(
     assert_error(one(agent, "POST", "/v1/attachments", **kw), 400, "invalid_request", field)
     assert agent.host.executor.calls == []
     assert agent.store.list() == []
+
+
+def test_a_refused_connection_info_keeps_the_parsers_own_words(agent: Agent) -> None:
+    ci = info(secret=SECRET)
+    ci["data"]["target_portal"] = "[fe80::1]: 3260"  # the parser's reason quotes ": "
+    with pytest.raises(InvalidRequest) as parsed:
+        parse(ci)
+    status, doc = one(agent, "POST", "/v1/attachments", json=body(connection_info=ci))
+    assert status == 400, doc
+    field = f"connection_info.{parsed.value.field}"
+    assert doc["error"]["details"]["field"] == field
+    assert doc["error"]["message"] == f"{field}: {parsed.value.reason}"
+    assert agent.host.executor.calls == []
 
 
 @pytest.mark.parametrize(("method", "path", "field"), [
