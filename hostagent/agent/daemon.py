@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import grp
 import logging
 import os
@@ -36,10 +37,12 @@ from hostagent.connectors.locks import TargetLocks
 from hostagent.errors import HostAgentError
 from hostagent.exitcodes import ExitCode
 from hostagent.health import HealthMonitor, HealthOptions
+from hostagent.host.clock import SystemClock
 from hostagent.host.executor import AsyncExecutor, Executor
 from hostagent.host.fs import HostFS
 from hostagent.host.multipath import MultipathdClient, SocketClient
 from hostagent.host.net import HostNet
+from hostagent.host.proc import supplementary_groups
 from hostagent.host.udev import PyudevWatcher
 from hostagent.node.mpathconf import MultipathConfig
 from hostagent.node.preflight import Preflight
@@ -62,16 +65,18 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
     fs = fs or HostFS("/")
     os.makedirs(cfg.lock_path, mode=0o700, exist_ok=True)
     executor = AsyncExecutor(max_parallel=cfg.max_parallel_commands)
+    clock = SystemClock()
     # One udev watcher and one lock table for both engines (IQNs and WWPNs never collide).
-    udev, locks, multipathd = PyudevWatcher(), TargetLocks(cfg.lock_path), SocketClient()
-    run, mpd = _engine_seams(executor, multipathd)
+    udev, locks, multipathd = PyudevWatcher(clock=clock), TargetLocks(cfg.lock_path), SocketClient()
+    hook = crashhook.from_environment()  # kernel tests of crash recovery
+    run, mpd = _engine_seams(executor, multipathd, hook)
     iscsi = IscsiConnector(
-        run, fs, udev, mpd, locks=locks,
+        run, fs, udev, mpd, locks=locks, clock=clock,
         options=IscsiOptions(iface=cfg.iface, login_timeout=cfg.login_timeout,
                              login_attempts=cfg.login_attempts,
                              device_timeout=cfg.device_timeout,
                              command_timeout=cfg.command_timeout))
-    fc = FcConnector(run, fs, udev, mpd, locks=locks,
+    fc = FcConnector(run, fs, udev, mpd, locks=locks, clock=clock,
                      options=FcOptions(device_timeout=cfg.device_timeout,
                                        command_timeout=cfg.command_timeout))
     connectors: dict[str, Connector] = {ISCSI: iscsi, FIBRE_CHANNEL: fc}
@@ -83,7 +88,8 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
     service = Service(store, connectors, multipath=cfg.multipath,
                       attach_timeout=cfg.attach_timeout, detach_timeout=cfg.detach_timeout,
                       detached_retention=cfg.detached_retention,
-                      observe=metrics.observe_operation)
+                      observe=metrics.observe_operation,
+                      on_phase=hook.phase if hook is not None else None)
     health = HealthMonitor(service, fs, multipathd, metrics=metrics,
                            command_timeout=cfg.command_timeout, options=HealthOptions(
                                interval=cfg.health_interval, self_heal=cfg.self_heal,
@@ -91,15 +97,15 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
                                probe_timeout=cfg.probe_timeout))
     preflight = Preflight(fs, executor, multipathd, HostNet(),
                           MultipathConfig(fs, executor, multipathd), observe=report_preflight)
-    return Agent(cfg, service, store, PeerCheck(fs, cfg.allowed_uids(), cfg.allowed_gids()),
-                 preflight, health, metrics)
+    peers = PeerCheck(functools.partial(supplementary_groups, fs), cfg.allowed_uids(),
+                      cfg.allowed_gids())
+    return Agent(cfg, service, store, peers, preflight, health, metrics)
 
 
-def _engine_seams(executor: Executor, multipathd: MultipathdClient
-                  ) -> tuple[Executor, MultipathdClient]:
+def _engine_seams(executor: Executor, multipathd: MultipathdClient,
+                  hook: crashhook.CrashHook | None) -> tuple[Executor, MultipathdClient]:
     """The engines' seams; under the crash test hook, each of their host commands
     is a place to die (health checks and preflight stay out of the count)."""
-    hook = crashhook.from_environment()
     if hook is None:
         return executor, multipathd
     return crashhook.CrashingExecutor(executor, hook), crashhook.CrashingMultipathd(

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from hostagent.agent import crashhook
 from hostagent.agent.state import Store
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.connectors.base import Connector
@@ -36,7 +35,7 @@ from hostagent.errors import (
     NotFound,
     OperationInProgress,
 )
-from hostagent.models import Attachment, FcVolume, Status, VolumeSpec
+from hostagent.models import Attachment, FcVolume, PathInfo, Status, VolumeSpec
 
 log = logging.getLogger("hostagent.service")
 T = TypeVar("T")
@@ -83,7 +82,8 @@ class Service:
     def __init__(self, store: Store, connectors: Mapping[str, Connector], *,
                  multipath: bool = True, attach_timeout: float = 180.0,
                  detach_timeout: float = 180.0, detached_retention: float = 86400.0,
-                 observe: Callable[[str, float, bool], None] | None = None) -> None:
+                 observe: Callable[[str, float, bool], None] | None = None,
+                 on_phase: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.connectors = connectors
         self.multipath = multipath
@@ -93,7 +93,7 @@ class Service:
         self._key = store.key()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._crash = crashhook.from_environment()  # kernel tests of crash recovery
+        self._on_phase = on_phase  # the crash test hook: every phase is a place to die
         # (operation, seconds, succeeded) of every attach, detach and extend: metrics.
         self._observe = observe
 
@@ -240,6 +240,19 @@ class Service:
             log.info("extended %s: %s is %d bytes", attachment_id, device.path, size)
             return att
 
+    # ---- self-healing --------------------------------------------------------------
+    def record_path(self, attachment_id: str, label: str, path: PathInfo) -> Attachment:
+        """A path self-healing made joins the attachment's device, so a detach removes
+        it; it replaces the path it stands for, and that path is no longer missing."""
+        att = self.get(attachment_id)
+        if att.device is None:
+            raise Conflict(f"attachment {attachment_id} has no device", attachment_id=att.id)
+        paths = [p for p in att.device.paths
+                 if p.hctl != path.hctl and not (path.portal and p.portal == path.portal)]
+        missing = tuple(m for m in att.device.missing if not m.startswith(label))
+        return self.store.update(attachment_id, device=replace(
+            att.device, paths=(*paths, path), missing=missing))
+
     # ---- start-up ------------------------------------------------------------------
     async def reconcile(self) -> dict[str, int]:
         """Finish or undo what a crash interrupted; mark attached volumes that vanished.
@@ -315,8 +328,8 @@ class Service:
             log.info("%s: %s", attachment_id, phase)
             with contextlib.suppress(NotFound):
                 self.store.update(attachment_id, phase=phase)
-            if self._crash is not None:
-                self._crash.phase(phase)
+            if self._on_phase is not None:
+                self._on_phase(phase)
         return report
 
     def _failed(self, attachment_id: str, status: Status, exc: BaseException) -> None:

@@ -10,32 +10,16 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from hostagent.connection_info import parse_portal
 from hostagent.errors import HostAgentError, InvalidConfig, InvalidRequest
 from hostagent.exitcodes import CheckExit, ExitCode
-from hostagent.host.executor import AsyncExecutor
-from hostagent.host.fs import HostFS
-from hostagent.host.multipath import SocketClient
-from hostagent.host.net import HostNet
 from hostagent.node.mpathconf import MultipathConfig, effective
-from hostagent.node.preflight import Check, Options, Preflight, Status, overall, report
+from hostagent.node.preflight import Check, Options, Status, overall, report
+from hostagent.node.tools import Host, real_host
 
 _EXIT = {Status.PASS: CheckExit.PASS, Status.WARN: CheckExit.WARN, Status.FAIL: CheckExit.FAIL}
-
-
-@dataclass(frozen=True)
-class Host:
-    preflight: Preflight
-    mpconf: MultipathConfig
-
-
-def real_host() -> Host:
-    fs, executor, multipathd = HostFS("/"), AsyncExecutor(), SocketClient()
-    mpconf = MultipathConfig(fs, executor, multipathd)
-    return Host(Preflight(fs, executor, multipathd, HostNet(), mpconf), mpconf)
 
 
 def options(args: argparse.Namespace) -> Options:

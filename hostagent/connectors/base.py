@@ -6,9 +6,11 @@ import platform
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
 
-from hostagent.models import DetachResult, Device, VolumeSpec
+from hostagent.models import DetachResult, Device, PathInfo, VolumeSpec
 
 Progress = Callable[[str], None]
 
@@ -33,6 +35,39 @@ class Connector(Protocol):
     def present(self, device: Device) -> bool: ...
 
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]: ...
+
+    @property
+    def session_iface(self) -> str | None:
+        """The iSCSI iface whose sessions are this engine's; None: any (or no sessions)."""
+        ...
+
+
+class RepairKind(StrEnum):
+    LOGIN = "login"  # log a missing session in again (its node record is ours)
+    SCAN = "scan"  # targeted scan of the LUN, the disk added to the map
+    READD = "readd"  # a running disk missing from the map: re-identified and added back
+    REPLACE = "replace"  # an offline disk nobody holds: deleted, the LUN scanned anew
+
+
+@dataclass(frozen=True)
+class PathRepair:
+    """One path of an attached volume to make again, as health observed it."""
+
+    kind: RepairKind
+    label: str  # iSCSI: the portal; FC: "HBA -> target"
+    target: str | None  # IQN or target WWPN
+    hctl: str | None  # where the LUN is addressed; None: no session yet (LOGIN)
+    device: str | None  # the sd at hctl now, if any
+
+
+@runtime_checkable
+class Repairer(Protocol):
+    """What self-healing may ask of an engine; the native engines offer it."""
+
+    async def repair(self, spec: VolumeSpec, device: Device, repair: PathRepair) -> PathInfo:
+        """Make the path again under the volume's target locks, its disk checked to be
+        the volume's and in the map; the new path. Raises HostAgentError."""
+        ...
 
 
 def host_properties(*, multipath: bool, my_ip: str | None) -> dict[str, Any]:

@@ -304,6 +304,10 @@ class BrickConnector:
             return uuid.removeprefix("mpath-") == device.wwn
         return all(scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
 
+    @property
+    def session_iface(self) -> str | None:
+        return None  # os-brick logs in on the default iface, or on any it is given
+
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]:
         return self._properties(multipath) if self._properties else {}
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from hostagent.connectors.base import Progress
 from hostagent.errors import DeviceBusy, HostAgentError, HostCommandError, PathsDown, WwnMismatch
 from hostagent.host import scsi
+from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, HostFS, dev_node
 from hostagent.host.multipath import Multipath
 from hostagent.host.udev import Udev, block_initialized
@@ -48,12 +49,14 @@ class Devices:
     """Disks and maps on behalf of one engine (its timeouts, its multipath client)."""
 
     def __init__(self, fs: HostFS, udev: Udev, multipath: Multipath, *,
-                 device_timeout: float, remove_attempts: int) -> None:
+                 device_timeout: float, remove_attempts: int,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.fs = fs
         self.udev = udev
         self.multipath = multipath
         self.device_timeout = device_timeout
         self.remove_attempts = remove_attempts
+        self.clock = clock
 
     # ---- one path ----------------------------------------------------------------
     async def scan(self, hctl: str, not_found: Callable[[], HostAgentError]) -> tuple[str, bool]:
@@ -215,7 +218,7 @@ class Devices:
                 break
             except DeviceBusy:
                 if attempt + 1 < self.remove_attempts:
-                    await asyncio.sleep(0.2 * (attempt + 1))  # udev/blkid hold it briefly
+                    await self.clock.sleep(0.2 * (attempt + 1))  # udev/blkid hold it briefly
         else:
             if not force:
                 raise DeviceBusy(f"multipath map {wwid} ({dm}) stays in use", wwid=wwid, dm=dm)

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hostagent.connectors.base import Progress, host_properties, no_progress
+from hostagent.connectors.base import PathRepair, Progress, host_properties, no_progress
 from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
 from hostagent.connectors.locks import TargetLocks
+from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     HostAgentError,
     HostCommandError,
@@ -29,6 +30,7 @@ from hostagent.errors import (
     NoPath,
 )
 from hostagent.host import fc, scsi
+from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.executor import Executor
 from hostagent.host.fs import SYS_CLASS, HostFS
 from hostagent.host.multipath import Multipath, MultipathdClient
@@ -116,14 +118,15 @@ class FcConnector:
     # it is taken like every engine's so a forced map removal can run dmsetup.
     def __init__(self, executor: Executor, fs: HostFS, udev: Udev,
                  multipathd: MultipathdClient, *, locks: TargetLocks | None = None,
-                 options: FcOptions | None = None) -> None:
+                 options: FcOptions | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.fs = fs
         self.options = options or FcOptions()
         self.multipath = Multipath(multipathd, fs, executor=executor,
                                    timeout=self.options.command_timeout)
         self.devices = Devices(fs, udev, self.multipath,
                                device_timeout=self.options.device_timeout,
-                               remove_attempts=self.options.remove_attempts)
+                               remove_attempts=self.options.remove_attempts, clock=clock)
         self.locks = locks or TargetLocks()
 
     def _plan(self, vol: FcVolume) -> _Plan:
@@ -248,6 +251,12 @@ class FcConnector:
             return await self.devices.release(device, self._paths_of(vol, device),
                                               force=force, progress=progress)
 
+    # ---- self-healing ------------------------------------------------------------
+    async def repair(self, spec: VolumeSpec, device: Device, repair: PathRepair) -> PathInfo:
+        vol = _expect_fc(spec)
+        async with self.locks.hold(vol.target_keys):
+            return await restore_disk(self.devices, self.fs, device, repair, repair.hctl)
+
     # ---- extend ----------------------------------------------------------------
     async def extend(self, spec: VolumeSpec, device: Device) -> int:
         """Every path the volume should have must be up now (not as at attach)."""
@@ -262,6 +271,10 @@ class FcConnector:
             return await self.devices.resize(device, paths, [*now.missing, *without])
 
     # ---- connector properties ----------------------------------------------------
+    @property
+    def session_iface(self) -> str | None:
+        return None
+
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]:
         """What os-brick's get_connector_properties returns for FC: online ports only."""
         props = host_properties(multipath=multipath, my_ip=self.options.my_ip)

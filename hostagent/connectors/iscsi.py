@@ -13,12 +13,19 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from hostagent.connectors.base import Progress, host_properties, no_progress
+from hostagent.connectors.base import (
+    PathRepair,
+    Progress,
+    RepairKind,
+    host_properties,
+    no_progress,
+)
 from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
 from hostagent.connectors.locks import TargetLocks
+from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -26,6 +33,7 @@ from hostagent.errors import (
     LunNotFound,
 )
 from hostagent.host import scsi
+from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.executor import Executor
 from hostagent.host.fs import ETC_ISCSI, SYS_CLASS, HostFS
 from hostagent.host.iscsiadm import Iscsiadm, chap_settings
@@ -70,17 +78,18 @@ def _unique(targets: Iterable[IscsiTarget]) -> tuple[IscsiTarget, ...]:
 class IscsiConnector:
     def __init__(self, executor: Executor, fs: HostFS, udev: Udev,
                  multipathd: MultipathdClient, *, locks: TargetLocks | None = None,
-                 options: IscsiOptions | None = None) -> None:
+                 options: IscsiOptions | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.fs = fs
         self.udev = udev
         self.options = options or IscsiOptions()
         self.iscsiadm = Iscsiadm(executor, fs, iface=self.options.iface,
-                                 timeout=self.options.command_timeout)
+                                 timeout=self.options.command_timeout, clock=clock)
         self.multipath = Multipath(multipathd, fs, executor=executor,
                                    timeout=self.options.command_timeout)
         self.devices = Devices(fs, udev, self.multipath,
                                device_timeout=self.options.device_timeout,
-                               remove_attempts=self.options.remove_attempts)
+                               remove_attempts=self.options.remove_attempts, clock=clock)
         self.locks = locks or TargetLocks()
 
     # ---- attach ----------------------------------------------------------------
@@ -264,7 +273,44 @@ class IscsiConnector:
         async with self.locks.hold(t.iqn for t in targets):
             return await self.devices.resize(device, device.paths, device.missing)
 
+    # ---- self-healing ------------------------------------------------------------
+    async def repair(self, spec: VolumeSpec, device: Device, repair: PathRepair) -> PathInfo:
+        vol = _expect_iscsi(spec)
+        targets = device.iscsi_targets or _unique(vol.targets)
+        async with self.locks.hold(t.iqn for t in targets):
+            hctl = repair.hctl
+            if repair.kind == RepairKind.LOGIN:
+                hctl = await self._relogin(vol, targets, repair)
+            info = await restore_disk(self.devices, self.fs, device, repair, hctl)
+            return replace(info, portal=repair.label)
+
+    async def _relogin(self, vol: IscsiVolume, targets: Sequence[IscsiTarget],
+                       repair: PathRepair) -> str:
+        """The session to a portal logged in again from our own node record."""
+        target = next((t for t in targets
+                       if str(t.portal) == repair.label and t.iqn == repair.target), None)
+        if target is None:
+            raise LoginFailed(f"{repair.label} is not a portal of the volume",
+                              portal=repair.label)
+        if not self.iscsiadm.has_node(target.iqn, target.portal):
+            # The secrets are not stored, so the record cannot be made anew.
+            raise LoginFailed(f"no node record of ours for {target.iqn} at {target.portal}",
+                              iqn=target.iqn, portal=repair.label)
+        # Never a logout first: a session that exists (however slow) is iscsid's to recover.
+        await self.iscsiadm.login(
+            target.iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
+            timeout=self.options.login_timeout * self.options.login_attempts + 15)
+        s = self.session(target.iqn, repair.label)
+        if s is None:
+            raise LoginFailed(f"logged in to {target.iqn} at {repair.label} but the kernel "
+                              "shows no session", iqn=target.iqn, portal=repair.label)
+        return f"{s.host}:0:{s.target_id}:{target.lun}"
+
     # ---- connector properties ----------------------------------------------------
+    @property
+    def session_iface(self) -> str | None:
+        return self.options.iface
+
     def initiator_name(self) -> str | None:
         text = self.fs.try_read(INITIATOR_FILE) or ""
         for line in text.splitlines():

@@ -13,10 +13,7 @@ from typing import Any
 
 from hostagent.agent.metrics import Metrics
 from hostagent.agent.service import Service
-from hostagent.connectors.devices import describe
-from hostagent.connectors.iscsi import IscsiConnector
-from hostagent.errors import HostAgentError
-from hostagent.health.heal import Healer
+from hostagent.health.heal import Healer, HealOutcome
 from hostagent.health.observe import Observer, Prober
 from hostagent.health.verdict import (
     ACTIONS,
@@ -72,7 +69,7 @@ class HealthMonitor:
         self.monotonic = monotonic
         self.observer = Observer(fs, Multipath(multipathd, fs, timeout=command_timeout))
         self.prober = Prober(fs, self.options.probe_timeout, monotonic)
-        self.healer = Healer(service, fs)
+        self.healer = Healer(service)
         self._last: dict[str, Verdict] = {}
         self._history: deque[Transition] = deque(maxlen=HISTORY)
         self._actions: deque[dict[str, Any]] = deque(maxlen=ACTIONS)
@@ -100,8 +97,8 @@ class HealthMonitor:
                                 tuple(self._actions))
 
     def _iface(self, att: Attachment) -> str | None:
-        connector = self.service.connectors.get(att.protocol)
-        return connector.options.iface if isinstance(connector, IscsiConnector) else None
+        engine = self.service.connectors.get(att.protocol)
+        return engine.session_iface if engine is not None else None
 
     def _transitions(self, healths: Sequence[AttachmentHealth]) -> None:
         seen = set()
@@ -146,19 +143,17 @@ class HealthMonitor:
 
     async def _heal_one(self, action: HealAction) -> dict[str, Any]:
         what = f"{action.action.value} {action.path.label}"
-        try:
-            message = await self.healer.run(action)
-            ok = True
-            log.warning("self-heal %s: %s: %s", action.attachment_id, what, message)
-        except (HostAgentError, OSError) as err:  # OSError: a sysfs write refused
-            ok, message = False, describe(err)
-            log.error("self-heal %s: %s failed: %s", action.attachment_id, what, message)
+        result = await self.healer.run(action)
+        how = log.error if result.outcome == HealOutcome.FAILED else log.warning
+        how("self-heal %s: %s %s: %s", action.attachment_id, what, result.outcome.value,
+            result.message)
         entry = {"at": self.clock(), "attachment_id": action.attachment_id,
                  "action": action.action.value, "path": action.path.label,
-                 "outcome": "ok" if ok else "failed", "message": message}
+                 "outcome": result.outcome.value, "message": result.message}
         self._actions.append(entry)
-        if self.metrics is not None and not message.startswith("skipped"):
-            self.metrics.heal_action(action.action.value, ok)
+        if self.metrics is not None and result.outcome != HealOutcome.SKIPPED:
+            self.metrics.heal_action(action.action.value,
+                                     result.outcome == HealOutcome.REPAIRED)
         return entry
 
     async def run_once(self) -> HealthReport:

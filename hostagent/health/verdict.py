@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hostagent.connection_info import ISCSI
+from hostagent.connectors.base import PathRepair, RepairKind
 from hostagent.host import fc
 
 NO_SESSION = "no session"
@@ -170,11 +171,7 @@ def evaluate(obs: AttachmentObservation) -> AttachmentHealth:
     return AttachmentHealth(obs, worst(verdicts), tuple(reasons), paths)
 
 
-class Action(StrEnum):
-    LOGIN = "login"  # log a missing session in again (its node record is ours)
-    SCAN = "scan"  # targeted scan of the LUN, the disk added to the map
-    READD = "readd"  # a running disk missing from the map: re-identified and added back
-    REPLACE = "replace"  # an offline disk nobody holds: deleted, the LUN scanned anew
+Action = RepairKind  # the repairs plan_heal picks are the ones engines offer
 
 
 @dataclass(frozen=True)
@@ -182,6 +179,11 @@ class HealAction:
     action: Action
     attachment_id: str
     path: PathObservation
+
+    def repair(self) -> PathRepair:
+        """What the engine is asked to do."""
+        p = self.path
+        return PathRepair(self.action, p.label, p.target, p.hctl, p.device)
 
 
 def plan_heal(health: AttachmentHealth) -> list[HealAction]:

@@ -22,6 +22,7 @@ from hostagent.errors import (
     HostCommandError,
     LoginFailed,
 )
+from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.executor import Executor
 from hostagent.host.fs import ETC_ISCSI, VAR_LIB_ISCSI, HostFS
 from hostagent.models import Chap, Portal
@@ -123,11 +124,12 @@ def record_portal(portal: Portal) -> str:
 
 class Iscsiadm:
     def __init__(self, executor: Executor, fs: HostFS, *, iface: str = "hostagent",
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, clock: Clock = SYSTEM_CLOCK) -> None:
         self.executor = executor
         self.fs = fs
         self.iface = iface
         self.timeout = timeout
+        self.clock = clock
         self.node_db = self._node_db()
         self._iface_ready = False
         self._db_lock: asyncio.Lock | None = None
@@ -189,7 +191,7 @@ class Iscsiadm:
                                       portal=str(portal), returncode=err.returncode,
                                       attempts=attempt) from err
                 log.warning("SendTargets on %s failed (%s); trying again", portal, err.message)
-                await asyncio.sleep(DISCOVERY_BACKOFF * attempt)
+                await self.clock.sleep(DISCOVERY_BACKOFF * attempt)
         raise AssertionError("unreachable")
 
     async def _send_targets(self, portal: Portal, chap: Chap | None) -> list[DiscoveredTarget]:
@@ -307,7 +309,7 @@ class Iscsiadm:
             except CommandFailed as err:
                 if err.returncode != IscsiErr.IDBM or attempt + 1 == DB_ATTEMPTS:
                     raise
-                await asyncio.sleep(0.1 * (attempt + 1))
+                await self.clock.sleep(0.1 * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def _run(self, args: list[str], *, ok: tuple[int, ...] = (IscsiErr.SUCCESS,),

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import pyudev
 
 from hostagent.errors import DeviceTimeout
+from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import SYS_CLASS, UDEV_DB, HostFS
 
 T = TypeVar("T")
@@ -41,8 +41,10 @@ def block_initialized(fs: HostFS, name: str) -> bool:
 class PyudevWatcher:
     """Udev over pyudev's netlink monitor, integrated with the asyncio loop."""
 
-    def __init__(self, subsystems: tuple[str, ...] = ("block", "scsi")) -> None:
+    def __init__(self, subsystems: tuple[str, ...] = ("block", "scsi"), *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._subsystems = subsystems
+        self._clock = clock
         self._monitor: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Event] = set()
@@ -67,7 +69,7 @@ class PyudevWatcher:
             self._start(loop)
         wake = asyncio.Event()
         self._waiters.add(wake)  # subscribed before the first check: no event is missed
-        deadline = time.monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         try:
             while True:
                 # Cleared before the check: an event that lands during the check
@@ -76,7 +78,7 @@ class PyudevWatcher:
                 value = check()
                 if value:
                     return value
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._clock.monotonic()
                 if remaining <= 0:
                     raise DeviceTimeout(f"timed out after {timeout:g} s waiting for {what}",
                                         waited_for=what, timeout=timeout)

@@ -4,6 +4,7 @@ fake host), including a client running as an unprivileged uid."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from hostagent.api.peer import PeerCheck
 from hostagent.cli import main as cli
 from hostagent.exitcodes import ExitCode
 from hostagent.host.fs import HostFS
+from hostagent.host.proc import supplementary_groups
 from tests.unit.iscsihost import IQN, P1, P2, SECRET, WWID, Agent, info
 from tests.unprivileged import NOBODY, cli_as_nobody
 
@@ -53,6 +55,8 @@ class Server:
         self.loop.close()
 
 
+GROUPS = functools.partial(supplementary_groups, HostFS("/"))
+
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
     a = Agent(tmp_path)
@@ -71,7 +75,7 @@ def sockdir() -> Iterator[Path]:
 
 @pytest.fixture
 def server(agent: Agent, sockdir: Path) -> Iterator[Server]:
-    with Server(agent, sockdir, PeerCheck(HostFS("/"), frozenset(), frozenset())) as s:
+    with Server(agent, sockdir, PeerCheck(GROUPS, frozenset(), frozenset())) as s:
         yield s
 
 
@@ -193,7 +197,7 @@ def test_an_unprivileged_peer_is_refused_by_its_credentials(agent: Agent,
 
 @needs_root
 def test_an_allowed_group_is_served(agent: Agent, sockdir: Path) -> None:
-    check = PeerCheck(HostFS("/"), frozenset(), frozenset({NOBODY}))
+    check = PeerCheck(GROUPS, frozenset(), frozenset({NOBODY}))
     with Server(agent, sockdir, check) as server:
         os.chmod(server.socket, 0o666)
         status, out, err = cli_as_nobody(server.socket, "list", "--json")

@@ -35,9 +35,9 @@ import pytest
 from hostagent.agent.service import Service
 from hostagent.api.app import attach_request, make_app
 from hostagent.cli import main as cli
-from hostagent.cli.local import Host as LocalHost
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
 from hostagent.exitcodes import ExitCode
+from hostagent.node.tools import Host as LocalHost
 from tests.api import hostile
 from tests.api.hostile import CASES, PREFLIGHT_PORTALS, QUERIES, Case, Query
 from tests.api.test_cli import Server

@@ -341,8 +341,36 @@ def test_an_attachment_under_an_operation_is_not_repaired(agent: Agent) -> None:
             await m.run_once()
 
     asyncio.run(go())
-    assert last_action(m)["message"].startswith("skipped: an operation")
+    assert last_action(m)["outcome"] == "skipped"
+    assert last_action(m)["message"] == "an operation is under way"
     assert len(agent.host.executor.calls) == 4
+    assert m.metrics is not None  # nothing was tried, so no repair is counted
+    assert "hostagent_self_heal_actions_total{" not in m.metrics.render()[0].decode()
+
+
+class NoRepairs:
+    """An engine that offers self-healing nothing, as the os-brick engine."""
+
+    def __init__(self, engine: object) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> object:
+        if name == "repair":
+            raise AttributeError(name)
+        return getattr(self._engine, name)
+
+
+def test_an_engine_without_repairs_is_skipped_and_runs_nothing(
+        agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    attach(agent)
+    monkeypatch.setitem(agent.service.connectors, ISCSI,  # type: ignore[call-overload]
+                        NoRepairs(agent.service.connectors[ISCSI]))
+    m = monitor(agent)
+    log_out_behind_our_back(agent, P2)
+    asyncio.run(m.run_once())
+    assert (last_action(m)["outcome"], last_action(m)["message"]) == \
+        ("skipped", "this engine does not self-heal")
+    assert len(agent.host.executor.calls) == 4  # the attach's, and no login
 
 
 def test_transitions_are_logged_once(agent: Agent, caplog: pytest.LogCaptureFixture) -> None:

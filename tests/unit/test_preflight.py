@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from hostagent.cli import main as cli
-from hostagent.cli.local import Host
 from hostagent.errors import CommandNotFound
 from hostagent.exitcodes import CheckExit, ExitCode
 from hostagent.host.fc import FcHba
@@ -30,6 +29,7 @@ from hostagent.node.preflight import (
     overall,
     portal_checks,
 )
+from hostagent.node.tools import Host
 from tests.unit.preflighthost import MULTIPATH_T_BUILTIN, MULTIPATH_T_STANZAS, Node
 
 

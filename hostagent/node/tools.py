@@ -1,0 +1,25 @@
+"""The node-preparation tools built on the real host, for hostagent-cli's local
+commands (the daemon wires its own in agent/daemon.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hostagent.host.executor import AsyncExecutor
+from hostagent.host.fs import HostFS
+from hostagent.host.multipath import SocketClient
+from hostagent.host.net import HostNet
+from hostagent.node.mpathconf import MultipathConfig
+from hostagent.node.preflight import Preflight
+
+
+@dataclass(frozen=True)
+class Host:
+    preflight: Preflight
+    mpconf: MultipathConfig
+
+
+def real_host() -> Host:
+    fs, executor, multipathd = HostFS("/"), AsyncExecutor(), SocketClient()
+    mpconf = MultipathConfig(fs, executor, multipathd)
+    return Host(Preflight(fs, executor, multipathd, HostNet(), mpconf), mpconf)
