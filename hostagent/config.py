@@ -40,6 +40,7 @@ class Config:
     iface: str = "hostagent"
     login_timeout: int = 5
     login_attempts: int = 2
+    portal_retry_interval: float = 30.0  # s a portal that did not answer rests; 0: never
     # [timeouts] (seconds)
     attach_timeout: float = 180.0
     detach_timeout: float = 180.0
@@ -85,6 +86,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise ValueError("must be a positive number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("must be a number of seconds, 0 or more")
     return value
 
 
@@ -147,6 +155,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "iface": ("iface", _name),
         "login_timeout": ("login_timeout", _count),
         "login_attempts": ("login_attempts", _count),
+        "portal_retry_interval": ("portal_retry_interval", _non_negative),
     },
     "timeouts": {
         "attach": ("attach_timeout", _positive),

@@ -113,6 +113,18 @@ class LoginFailed(HostAgentError):
     retryable = True
 
 
+class PortalUnreachable(LoginFailed):
+    """The portal refused or dropped the connection, or did not answer in time."""
+
+    code = "portal_unreachable"
+
+
+class PortalResting(LoginFailed):
+    """A portal that just failed is not tried again before its retry interval."""
+
+    code = "portal_resting"
+
+
 class DeviceTimeout(HostAgentError):
     """A device the kernel should have created did not appear in time."""
 

@@ -74,6 +74,7 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
         run, fs, udev, mpd, locks=locks, clock=clock,
         options=IscsiOptions(iface=cfg.iface, login_timeout=cfg.login_timeout,
                              login_attempts=cfg.login_attempts,
+                             portal_retry_interval=cfg.portal_retry_interval,
                              device_timeout=cfg.device_timeout,
                              command_timeout=cfg.command_timeout))
     fc = FcConnector(run, fs, udev, mpd, locks=locks, clock=clock,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
+from hostagent.connectors.backoff import PortalBackoff
 from hostagent.connectors.base import (
     PathRepair,
     Progress,
@@ -28,6 +29,7 @@ from hostagent.connectors.locks import TargetLocks
 from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     AuthenticationFailed,
+    HostAgentError,
     InvalidRequest,
     LoginFailed,
     LunNotFound,
@@ -51,6 +53,7 @@ from hostagent.models import (
 )
 
 INITIATOR_FILE = f"{ETC_ISCSI}/initiatorname.iscsi"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class IscsiOptions:
     device_timeout: float = 30.0  # for an sd or a map to appear once the kernel has the LUN
     command_timeout: float = 30.0  # iscsiadm (but logins) and multipathd commands
     remove_attempts: int = 3  # a map briefly held open (udev, blkid) is retried this often
+    portal_retry_interval: float = 30.0  # s a portal that did not answer rests; 0: never
     my_ip: str | None = None
 
 
@@ -91,6 +95,7 @@ class IscsiConnector:
                                device_timeout=self.options.device_timeout,
                                remove_attempts=self.options.remove_attempts, clock=clock)
         self.locks = locks or TargetLocks()
+        self.backoff = PortalBackoff(clock, self.options.portal_retry_interval)
 
     # ---- attach ----------------------------------------------------------------
     async def attach(self, spec: VolumeSpec, *, multipath: bool,
@@ -127,7 +132,8 @@ class IscsiConnector:
             return _unique(vol.targets)
         progress("discovering")
         first = vol.targets[0]
-        found = await self.iscsiadm.discover(first.portal, vol.discovery_chap)
+        found = await self._at_portal(str(first.portal), self.iscsiadm.discover(
+            first.portal, vol.discovery_chap))
         targets = _unique(IscsiTarget(d.portal, d.iqn, first.lun)
                           for d in found if d.iqn == first.iqn)
         if not targets:
@@ -141,15 +147,14 @@ class IscsiConnector:
         iqn, portal = target.iqn, target.portal
         session = self.session(iqn, str(portal))
         if session is None:
+            self.backoff.check(str(portal))
             settings = self._node_settings(vol.chap)
             if self.iscsiadm.has_node(iqn, portal):
                 # Our record from an earlier attach: credentials may have changed.
                 await self.iscsiadm.update_node(iqn, portal, settings)
             else:
                 await self.iscsiadm.create_node(iqn, portal, settings)
-            await self.iscsiadm.login(
-                iqn, portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
-                timeout=self.options.login_timeout * self.options.login_attempts + 15)
+            await self._login(target, vol)
             session = self.session(iqn, str(portal))
             if session is None:
                 raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
@@ -162,6 +167,22 @@ class IscsiConnector:
         progress(f"disk {sd} ready ({portal})")
         return ScsiPath(PathInfo(sd, hctl, str(portal), iqn),
                         self.devices.path_wwid(hctl, sd), created)
+
+    async def _login(self, target: IscsiTarget, vol: IscsiVolume) -> None:
+        await self._at_portal(str(target.portal), self.iscsiadm.login(
+            target.iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
+            timeout=self.options.login_timeout * self.options.login_attempts + 15))
+
+    async def _at_portal(self, portal: str, call: Awaitable[T]) -> T:
+        """A login or discovery at `portal`; its outcome decides whether the portal rests."""
+        self.backoff.check(portal)
+        try:
+            result = await call
+        except HostAgentError as err:
+            self.backoff.record(portal, err)
+            raise
+        self.backoff.record(portal, None)
+        return result
 
     def _node_settings(self, chap: Chap | None) -> dict[str, str]:
         opts = self.options
@@ -297,9 +318,7 @@ class IscsiConnector:
             raise LoginFailed(f"no node record of ours for {target.iqn} at {target.portal}",
                               iqn=target.iqn, portal=repair.label)
         # Never a logout first: a session that exists (however slow) is iscsid's to recover.
-        await self.iscsiadm.login(
-            target.iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
-            timeout=self.options.login_timeout * self.options.login_attempts + 15)
+        await self._login(target, vol)
         s = self.session(target.iqn, repair.label)
         if s is None:
             raise LoginFailed(f"logged in to {target.iqn} at {repair.label} but the kernel "

@@ -10,7 +10,7 @@ from hostagent.agent.service import Service
 from hostagent.connection_info import parse
 from hostagent.connectors.base import Repairer
 from hostagent.connectors.devices import describe
-from hostagent.errors import HostAgentError, NotFound
+from hostagent.errors import HostAgentError, NotFound, PortalResting
 from hostagent.health.verdict import HealAction
 from hostagent.models import Status
 
@@ -49,6 +49,8 @@ class Healer:
             try:
                 path = await engine.repair(parse(att.connection_info), att.device,
                                            action.repair())
+            except PortalResting as err:
+                return HealResult(HealOutcome.SKIPPED, err.message)
             except (HostAgentError, OSError) as err:  # OSError: a sysfs write refused
                 return HealResult(HealOutcome.FAILED, describe(err))
             self.service.record_path(att.id, action.path.label, path)

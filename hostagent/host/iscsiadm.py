@@ -21,6 +21,7 @@ from hostagent.errors import (
     DaemonUnavailable,
     HostCommandError,
     LoginFailed,
+    PortalUnreachable,
 )
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.executor import Executor
@@ -187,9 +188,10 @@ class Iscsiadm:
                     raise AuthenticationFailed(f"{portal} refused our discovery CHAP "
                                                "credentials", portal=str(portal)) from err
                 if not _transient(err.returncode) or attempt == DISCOVERY_ATTEMPTS:
-                    raise LoginFailed(f"SendTargets on {portal} failed: {err.message}",
-                                      portal=str(portal), returncode=err.returncode,
-                                      attempts=attempt) from err
+                    error = PortalUnreachable if _unreachable(err.returncode) else LoginFailed
+                    raise error(f"SendTargets on {portal} failed: {err.message}",
+                                portal=str(portal), returncode=err.returncode,
+                                attempts=attempt) from err
                 log.warning("SendTargets on %s failed (%s); trying again", portal, err.message)
                 await self.clock.sleep(DISCOVERY_BACKOFF * attempt)
         raise AssertionError("unreachable")
@@ -325,11 +327,15 @@ class Iscsiadm:
         return result.stdout
 
 
+def _unreachable(returncode: int) -> bool:
+    """The portal refused or dropped the connection, or did not answer in time."""
+    return returncode in (IscsiErr.TRANS, IscsiErr.TRANS_TIMEOUT, IscsiErr.PDU_TIMEOUT)
+
+
 def _transient(returncode: int) -> bool:
     """A discovery that a busy target or network dropped (killed by SIGPIPE when
     the target closed the connection, or a transport/PDU timeout)."""
-    return returncode < 0 or returncode in (IscsiErr.TRANS, IscsiErr.TRANS_TIMEOUT,
-                                            IscsiErr.PDU_TIMEOUT)
+    return returncode < 0 or _unreachable(returncode)
 
 
 def _login_error(err: CommandFailed, iqn: str, portal: Portal, mutual: bool) -> Exception:
@@ -345,4 +351,5 @@ def _login_error(err: CommandFailed, iqn: str, portal: Portal, mutual: bool) -> 
     if rc in (IscsiErr.ISCSID_NOTCONN, IscsiErr.ISCSID_COMM_ERR):
         return DaemonUnavailable("iscsid is not running or does not answer", **where)
     name = IscsiErr(rc).name if rc in set(IscsiErr) else str(rc)
-    return LoginFailed(f"login to {iqn} at {portal} failed: {name}", **where)
+    error = PortalUnreachable if _unreachable(rc) else LoginFailed
+    return error(f"login to {iqn} at {portal} failed: {name}", **where)

@@ -154,8 +154,17 @@ def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
     # Bounded by the login timeout (5 s x 2 attempts) plus the healthy path's own work.
     assert elapsed < 40, f"attach with a dead portal took {elapsed:.1f} s"
     check_data(device.path)
+    # The dead portal rests: the next volume's attach does not log in to it again.
+    second = array.export_datera()
+    processes = host.executor.calls
+    other = timed("attach_portal_resting", host, host.attach(second))
+    assert host.executor.calls - processes == 2  # a node record and a login, both on portal 0
+    raw.assert_map(other, second.wwid, 1)
+    assert len(other.missing) == 1 and "portal_resting" in other.missing[0], other.missing
+    asyncio.run(host.detach(second, other))
     asyncio.run(host.detach(export, device))
     assert_nothing_of(export)
+    assert_nothing_of(second)
 
 
 def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: EngineHost) -> None:

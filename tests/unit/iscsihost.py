@@ -13,7 +13,7 @@ from hostagent.connection_info import ISCSI, parse
 from hostagent.connectors.iscsi import IscsiConnector
 from hostagent.models import Attachment, Chap, Device, IscsiTarget, IscsiVolume, Portal
 from tests.unit.fakehost import RECORD, FakeHostFS, FakeKernel, FakeMultipathd, FakeUdev
-from tests.unit.fakes import FakeExecutor
+from tests.unit.fakes import FakeClock, FakeExecutor
 from tests.unit.preflighthost import Node
 
 IQN = "iqn.2013-05.com.daterainc:tc:01:sn:0123456789abcdef"
@@ -29,7 +29,9 @@ class Host:
         self.fs = FakeHostFS(self.kernel)
         self.executor = FakeExecutor()
         self.mpd = FakeMultipathd(self.kernel)
-        self.connector = IscsiConnector(self.executor, self.fs, FakeUdev(), self.mpd)
+        self.clock = FakeClock()
+        self.connector = IscsiConnector(self.executor, self.fs, FakeUdev(), self.mpd,
+                                        clock=self.clock)
         self.kernel.write("/etc/iscsi/ifaces/hostagent", "iface.iscsi_ifacename = hostagent\n")
 
     def record(self, iqn: str, portal: str) -> Path:

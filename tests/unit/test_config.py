@@ -81,6 +81,7 @@ max_body_bytes = 0x2000
 iface = san0
 login_timeout = 7
 login_attempts = 3
+portal_retry_interval = 0
 
 [timeouts]
 attach = 300
@@ -106,7 +107,7 @@ def test_every_option_parses_with_its_type(tmp_path: Path) -> None:
         allowed_users=("nova", "1001", "cinder"), allowed_groups=("disk", "6"),
         state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="os-brick",
         multipath=False, log_level="DEBUG", max_body_bytes=8192,
-        iface="san0", login_timeout=7, login_attempts=3,
+        iface="san0", login_timeout=7, login_attempts=3, portal_retry_interval=0.0,
         attach_timeout=300.0, detach_timeout=90.5, device_timeout=12.0, command_timeout=0.25,
         max_parallel_commands=4, detached_retention=3600.0, health_interval=5.0,
         self_heal=False, heal_interval=120.0, probe_read=False, probe_timeout=2.5)
@@ -214,6 +215,7 @@ def test_unknown_option_is_named(text: str, option: str) -> None:
     ("[timeouts]\nattach = inf\n", "timeouts.attach"),
     ("[iscsi]\nlogin_timeout = -5\n", "iscsi.login_timeout"),
     ("[iscsi]\nlogin_attempts = 0\n", "iscsi.login_attempts"),
+    ("[iscsi]\nportal_retry_interval = -1\n", "iscsi.portal_retry_interval"),
     ("[iscsi]\niface =\n", "iscsi.iface"),
     ("[DEFAULT]\nsocket_group =\n", "DEFAULT.socket_group"),
     ("[DEFAULT]\nmax_body_bytes = 0\n", "DEFAULT.max_body_bytes"),

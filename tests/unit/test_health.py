@@ -152,14 +152,6 @@ def test_no_repair_when_the_map_is_gone() -> None:
 
 # ---- the monitor on the fake iSCSI host ---------------------------------------------------
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
     a = Agent(tmp_path)
@@ -167,10 +159,10 @@ def agent(tmp_path: Path) -> Agent:
     return a
 
 
-def monitor(agent: Agent, clock: Clock | None = None, **options: object) -> HealthMonitor:
+def monitor(agent: Agent, **options: object) -> HealthMonitor:
     opts = HealthOptions(**{"probe": False, **options})  # type: ignore[arg-type]
     return HealthMonitor(agent.service, agent.host.fs, agent.host.mpd, options=opts,
-                         metrics=Metrics(), monotonic=clock or Clock())
+                         metrics=Metrics(), monotonic=agent.host.clock.monotonic)
 
 
 def attach(agent: Agent) -> None:
@@ -262,19 +254,32 @@ def test_with_self_healing_off_nothing_is_done(agent: Agent) -> None:
 
 def test_repairs_are_rate_limited_per_path(agent: Agent) -> None:
     attach(agent)
-    clock = Clock()
-    m = monitor(agent, clock, heal_interval=60)
+    m = monitor(agent, heal_interval=60)
     log_out_behind_our_back(agent, P2)
     agent.host.expect_login(IQN, P2, returncode=8)  # the portal still times out
     asyncio.run(m.run_once())
     asyncio.run(m.run_once())  # too soon: an unscripted second login would fail the test
     agent.host.executor.assert_done()
     assert last_action(m)["outcome"] == "failed"
-    clock.now += 61
+    agent.host.clock.advance(61)  # past heal_interval, and past the portal's rest
     agent.host.expect_login(IQN, P2)
     asyncio.run(m.run_once())
     agent.host.executor.assert_done()
     assert check(m).verdict == Verdict.HEALTHY
+
+
+def test_a_portal_resting_after_a_failed_heal_is_skipped_not_logged_in(agent: Agent) -> None:
+    attach(agent)
+    m = monitor(agent, heal_interval=1)
+    log_out_behind_our_back(agent, P2)
+    agent.host.expect_login(IQN, P2, returncode=8)  # the portal times out
+    asyncio.run(m.run_once())
+    assert last_action(m)["outcome"] == "failed"
+    agent.host.clock.advance(2)  # past heal_interval, within the portal's rest
+    asyncio.run(m.run_once())  # an unscripted login would fail the test
+    agent.host.executor.assert_done()
+    assert last_action(m)["outcome"] == "skipped"
+    assert "not tried again for 28 s" in str(last_action(m)["message"])
 
 
 def test_a_missing_node_record_is_reported_not_made(agent: Agent) -> None:

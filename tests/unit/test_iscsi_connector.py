@@ -58,7 +58,7 @@ def test_a_dead_portal_gives_a_one_path_device_naming_it(host: Host) -> None:
     device = host.attach(datera())
     assert len(device.paths) == 1 and device.paths[0].portal == P1
     assert len(device.missing) == 1 and device.missing[0].startswith(P2)
-    assert "login_failed" in device.missing[0]
+    assert "portal_unreachable" in device.missing[0]
 
 
 def test_wrong_chap_fails_and_deletes_the_records_it_made(host: Host) -> None:
