@@ -91,7 +91,7 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
                       detached_retention=cfg.detached_retention,
                       observe=metrics.observe_operation,
                       on_phase=hook.phase if hook is not None else None)
-    health = HealthMonitor(service, fs, multipathd, metrics=metrics,
+    health = HealthMonitor(service, fs, multipathd, metrics=metrics, clock=clock,
                            command_timeout=cfg.command_timeout, options=HealthOptions(
                                interval=cfg.health_interval, self_heal=cfg.self_heal,
                                heal_interval=cfg.heal_interval, probe=cfg.probe_read,

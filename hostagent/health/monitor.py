@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +26,7 @@ from hostagent.health.verdict import (
     plan_heal,
     worst,
 )
+from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import HostFS
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.models import (
@@ -60,15 +60,13 @@ class HealthReport:
 class HealthMonitor:
     def __init__(self, service: Service, fs: HostFS, multipathd: MultipathdClient, *,
                  options: HealthOptions | None = None, metrics: Metrics | None = None,
-                 command_timeout: float = 30.0, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 command_timeout: float = 30.0, clock: Clock = SYSTEM_CLOCK) -> None:
         self.service = service
         self.options = options or HealthOptions()
         self.metrics = metrics
         self.clock = clock
-        self.monotonic = monotonic
         self.observer = Observer(fs, Multipath(multipathd, fs, timeout=command_timeout))
-        self.prober = Prober(fs, self.options.probe_timeout, monotonic)
+        self.prober = Prober(fs, self.options.probe_timeout, clock.monotonic)
         self.healer = Healer(service)
         self._last: dict[str, Verdict] = {}
         self._history: deque[Transition] = deque(maxlen=HISTORY)
@@ -92,7 +90,7 @@ class HealthMonitor:
             healths = tuple(evaluate(o) for o in observations)
             self._transitions(healths)
             self._count(healths)
-            return HealthReport(worst(h.verdict for h in healths), self.clock(), healths,
+            return HealthReport(worst(h.verdict for h in healths), self.clock.time(), healths,
                                 self.options.self_heal, tuple(self._history),
                                 tuple(self._actions))
 
@@ -109,7 +107,7 @@ class HealthMonitor:
             if before == h.verdict:
                 continue
             self._last[att_id] = h.verdict
-            self._history.append(Transition(self.clock(), att_id, before or "new",
+            self._history.append(Transition(self.clock.time(), att_id, before or "new",
                                             h.verdict.value, h.reasons))
             if before is not None or h.verdict != Verdict.HEALTHY:
                 how = log.info if h.verdict == Verdict.HEALTHY else log.warning
@@ -131,7 +129,7 @@ class HealthMonitor:
         for health in report.attachments:
             for action in plan_heal(health):
                 key = (action.attachment_id, action.path.label)
-                now = self.monotonic()
+                now = self.clock.monotonic()
                 last = self._attempts.get(key)
                 if last is not None and now - last < self.options.heal_interval:
                     continue
@@ -147,7 +145,7 @@ class HealthMonitor:
         how = log.error if result.outcome == HealOutcome.FAILED else log.warning
         how("self-heal %s: %s %s: %s", action.attachment_id, what, result.outcome.value,
             result.message)
-        entry = {"at": self.clock(), "attachment_id": action.attachment_id,
+        entry = {"at": self.clock.time(), "attachment_id": action.attachment_id,
                  "action": action.action.value, "path": action.path.label,
                  "outcome": result.outcome.value, "message": result.message}
         self._actions.append(entry)
@@ -178,7 +176,7 @@ class HealthMonitor:
                 await self.run_once()
             except Exception:  # a bug in one round must not end the checks for good
                 log.exception("health check failed")
-            await asyncio.sleep(self.options.interval)
+            await self.clock.sleep(self.options.interval)
 
 
 # ---- JSON form ---------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def agent(tmp_path: Path) -> Agent:
 def monitor(agent: Agent, **options: object) -> HealthMonitor:
     opts = HealthOptions(**{"probe": False, **options})  # type: ignore[arg-type]
     return HealthMonitor(agent.service, agent.host.fs, agent.host.mpd, options=opts,
-                         metrics=Metrics(), monotonic=agent.host.clock.monotonic)
+                         metrics=Metrics(), clock=agent.host.clock)
 
 
 def attach(agent: Agent) -> None:
