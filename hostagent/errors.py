@@ -45,6 +45,12 @@ class Conflict(HostAgentError):
     http_status = 409
 
 
+class AgentRunning(Conflict):
+    """Another agent already serves this state directory."""
+
+    code = "agent_running"
+
+
 class HostCommandError(HostAgentError):
     """A host command or host interface failed."""
 
@@ -138,6 +144,12 @@ class WwnMismatch(HostAgentError):
 
     code = "wwn_mismatch"
     http_status = 502
+
+
+class WwidInUse(Conflict):
+    """A new device reports the WWID of another live attachment's volume."""
+
+    code = "wwid_in_use"
 
 
 class DeviceBusy(HostAgentError):

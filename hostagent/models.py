@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -113,6 +114,29 @@ class Device:
     # iSCSI: every (portal, iqn, lun) the attach resolved, logged in or not, so a
     # detach cleans them up without asking the array (SendTargets) again.
     iscsi_targets: tuple[IscsiTarget, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What the other live attachments own on the host. A teardown (detach, rollback,
+    recovery, repair) leaves every one of these alone, whatever else it believes."""
+
+    wwids: frozenset[str] = frozenset()  # their volumes (maps, and disks reporting them)
+    hctls: frozenset[str] = frozenset()  # their disks' addresses
+    sessions: frozenset[tuple[str, str]] = frozenset()  # (IQN, portal) they expect
+
+    def session(self, iqn: str, portal: object) -> bool:
+        return (iqn, str(portal)) in self.sessions
+
+
+NO_CLAIMS = Claims()
+# Read at the moment of each destructive step, under the engine's target locks, so
+# it reflects the store then, not when the operation began.
+ClaimsSource = Callable[[], Claims]
+
+
+def no_claims() -> Claims:
+    return NO_CLAIMS
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from hostagent import __version__, config
 from hostagent.agent import crashhook, logs
 from hostagent.agent.metrics import Metrics, report_preflight
 from hostagent.agent.service import Service
-from hostagent.agent.state import Store
+from hostagent.agent.state import Store, claim_directory
 from hostagent.api.app import make_app
 from hostagent.api.peer import PeerCheck
 from hostagent.config import Config
@@ -137,6 +137,7 @@ def secure_socket(cfg: Config) -> None:
 
 
 async def serve(cfg: Config) -> None:
+    claim_directory(cfg.state_dir)  # before anything: a second daemon touches nothing
     agent = build(cfg)
     counts = await agent.service.reconcile()
     if counts["failed"]:

@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.connectors.base import Connector
 from hostagent.errors import (
     Conflict,
+    DeviceBusy,
     DeviceTimeout,
     DeviceVanished,
     HostAgentError,
@@ -35,7 +36,16 @@ from hostagent.errors import (
     NotFound,
     OperationInProgress,
 )
-from hostagent.models import Attachment, FcVolume, PathInfo, Status, VolumeSpec
+from hostagent.models import (
+    Attachment,
+    Claims,
+    ClaimsSource,
+    FcVolume,
+    IscsiVolume,
+    PathInfo,
+    Status,
+    VolumeSpec,
+)
 
 log = logging.getLogger("hostagent.service")
 T = TypeVar("T")
@@ -45,6 +55,8 @@ REDACTED = "***"
 SECRET_KEYS = frozenset({"auth_password", "auth_password_in", "discovery_auth_password",
                          "discovery_auth_password_in"})
 _LIVE = (Status.ATTACHING, Status.ATTACHED, Status.DETACHING)
+# What another teardown must leave alone: a detaching attachment is on its way out.
+_CLAIMING = (Status.ATTACHING, Status.ATTACHED)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,23 @@ def redact_connection_info(info: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(info.get("data"), Mapping):
         return {**info, "data": clean(info["data"])}
     return clean(info)
+
+
+def claims_of(others: Iterable[Attachment]) -> Claims:
+    """What `others` own on the host: their volumes' WWIDs, their disks' H:C:T:L and
+    the (IQN, portal) sessions they expect, a session whose path is down included."""
+    wwids: set[str] = set()
+    hctls: set[str] = set()
+    sessions: set[tuple[str, str]] = set()
+    for att in others:
+        spec = parse(att.connection_info)
+        if att.device is not None:
+            wwids.add(att.device.wwn)
+            hctls.update(p.hctl for p in att.device.paths)
+        if isinstance(spec, IscsiVolume):
+            targets = (att.device.iscsi_targets if att.device else ()) or spec.targets
+            sessions.update((t.iqn, str(t.portal)) for t in targets)
+    return Claims(frozenset(wwids), frozenset(hctls), frozenset(sessions))
 
 
 def _volume_key(spec: VolumeSpec) -> frozenset[tuple[str, int]]:
@@ -155,20 +184,18 @@ class Service:
             return await self._timed("attach", self._attach(connector, req)), True
 
     def _refuse_second_attachment(self, req: AttachRequest) -> None:
-        key = _volume_key(req.spec)
-        for other in self.store.list():
-            if other.id == req.attachment_id or other.status not in _LIVE:
-                continue
-            if _volume_key(parse(other.connection_info)) & key:
-                raise Conflict(f"the volume is already attached as {other.id}",
-                               attachment_id=other.id)
+        other = self._sharer(req.attachment_id, req.spec, _LIVE)
+        if other is not None:
+            raise Conflict(f"the volume is already attached as {other.id}",
+                           attachment_id=other.id)
 
     async def _attach(self, connector: Connector, req: AttachRequest) -> Attachment:
         att_id = req.attachment_id
         try:
             async with asyncio.timeout(req.timeout):
                 device = await connector.attach(req.spec, multipath=req.multipath,
-                                                progress=self._progress(att_id))
+                                                progress=self._progress(att_id),
+                                                claims=self._claims(att_id))
         except TimeoutError:
             err: HostAgentError = DeviceTimeout(
                 f"the attach did not finish within {req.timeout:g} s; what it did was undone",
@@ -199,26 +226,41 @@ class Service:
 
     async def _detach(self, connector: Connector, att: Attachment, force: bool) -> Attachment:
         spec = parse(att.connection_info)
+        sharer = self._sharer(att.id, spec)
+        claims = self._claims(att.id)
         try:
             async with asyncio.timeout(self.detach_timeout):
-                if att.device is None:  # the attach never finished: undo what it left
-                    await connector.recover(spec)
-                    warnings: tuple[str, ...] = ()
+                warnings: tuple[str, ...] = ()
+                if sharer is not None:
+                    # Everything of the volume on this host is the live attachment's now.
+                    warnings = (f"the volume is attached as {sharer.id}: nothing of it on "
+                                "the host was touched",)
+                elif att.device is None:  # the attach never finished: undo what it left
+                    await connector.recover(spec, claims)
                 else:
                     result = await connector.detach(spec, att.device, force=force,
-                                                    progress=self._progress(att.id))
+                                                    progress=self._progress(att.id),
+                                                    claims=claims)
                     warnings = result.warnings
         except TimeoutError:
             err = DeviceTimeout(f"the detach did not finish within {self.detach_timeout:g} s",
                                 timeout=self.detach_timeout)
             self._failed(att.id, Status.DETACHING, err)
             raise err from None
+        except DeviceBusy as busy:
+            if force or att.device is None:
+                self._failed(att.id, Status.DETACHING, busy)
+                raise
+            # Refused before anything was torn down: the map is there and in use.
+            self._failed(att.id, Status.ATTACHED, busy)
+            raise
         except BaseException as exc:
             self._failed(att.id, Status.DETACHING, exc)
             raise
         for warning in warnings:
             log.warning("detach %s: %s", att.id, warning)
-        last_error = {"code": "forced", "message": "; ".join(warnings), "details": {}} \
+        code = "forced" if force else "left_alone"
+        last_error = {"code": code, "message": "; ".join(warnings), "details": {}} \
             if warnings else None
         done = self.store.update(att.id, status=Status.DETACHED, phase=None,
                                  last_error=last_error)
@@ -277,17 +319,24 @@ class Service:
                     self.store.update(att.id, status=Status.FAILED, last_error=err.to_dict())
                     log.warning("reconcile %s: %s", att.id, err.message)
                     counts["vanished"] += 1
-            except HostAgentError as err:
-                log.error("reconcile %s (%s): %s", att.id, att.status.value, err.message)
+            except Exception as exc:  # one attachment's trouble must not stop the rest
+                self._reconcile_failed(att, exc)
                 counts["failed"] += 1
         log.info("reconciled: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
         return counts
+
+    def _reconcile_failed(self, att: Attachment, exc: Exception) -> None:
+        error = _error_dict(exc)
+        log.error("reconcile %s (%s): %s", att.id, att.status.value, error["message"])
+        with contextlib.suppress(HostAgentError):
+            self.store.update(att.id, last_error=error)
 
     async def _roll_back(self, att: Attachment) -> None:
         async with self._lock(att.id):
             log.warning("reconcile %s: the attach was interrupted; undoing it", att.id)
             self.store.update(att.id, phase="rolling back")
-            await self._connector(att.protocol).recover(parse(att.connection_info))
+            await self._connector(att.protocol).recover(parse(att.connection_info),
+                                                        self._claims(att.id))
             self.store.update(att.id, status=Status.FAILED, phase=None, last_error={
                 "code": "interrupted", "details": {},
                 "message": "the agent stopped during the attach; what it had done was undone"})
@@ -298,6 +347,21 @@ class Service:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---- helpers -------------------------------------------------------------------
+    def _claims(self, attachment_id: str) -> ClaimsSource:
+        """What every other live attachment owns, read from the store when asked."""
+        def read() -> Claims:
+            return claims_of(a for a in self.store.list()
+                             if a.id != attachment_id and a.status in _CLAIMING)
+        return read
+
+    def _sharer(self, attachment_id: str, spec: VolumeSpec,
+                statuses: tuple[Status, ...] = _CLAIMING) -> Attachment | None:
+        """Another attachment of the same volume in one of `statuses`."""
+        key = _volume_key(spec)
+        return next((a for a in self.store.list() if a.id != attachment_id
+                     and a.status in statuses and _volume_key(parse(a.connection_info)) & key),
+                    None)
+
     def _lock(self, attachment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(attachment_id, asyncio.Lock())
 
@@ -333,9 +397,14 @@ class Service:
         return report
 
     def _failed(self, attachment_id: str, status: Status, exc: BaseException) -> None:
-        error = exc.to_dict() if isinstance(exc, HostAgentError) else {
-            "code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "details": {}}
-        if isinstance(exc, asyncio.CancelledError):
-            error = {"code": "cancelled", "message": "the agent is shutting down", "details": {}}
+        error = _error_dict(exc)
         self.store.update(attachment_id, status=status, phase=None, last_error=error)
         log.error("%s failed: %s", attachment_id, error["message"])
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, HostAgentError):
+        return exc.to_dict()
+    if isinstance(exc, asyncio.CancelledError):
+        return {"code": "cancelled", "message": "the agent is shutting down", "details": {}}
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "details": {}}

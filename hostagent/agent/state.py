@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
@@ -19,10 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hostagent.errors import NotFound
+from hostagent.errors import AgentRunning, NotFound
 from hostagent.models import Attachment, Status, device_from_dict, device_to_dict
 
 DB_NAME = "hostagent.db"
+LOCK_NAME = "agent.lock"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -66,11 +68,35 @@ def _attachment(row: sqlite3.Row) -> Attachment:
         force=bool(row["force"]), created_at=row["created_at"], updated_at=row["updated_at"])
 
 
+def _state_dir(state_dir: str | Path) -> Path:
+    directory = Path(state_dir)
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(directory, DIR_MODE)  # also when it was there before, looser
+    return directory
+
+
+def claim_directory(state_dir: str | Path) -> int:
+    """Hold the state directory for this process: one daemon per directory, so a
+    second one cannot reconcile (undo) the first one's operations or take its
+    socket. The lock lives as long as the returned descriptor, i.e. the process."""
+    path = _state_dir(state_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AgentRunning(f"another hostagent (pid {holder}) serves {state_dir}; this one "
+                           "stops and leaves its socket, state and operations alone",
+                           state_dir=str(state_dir), pid=holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Store:
     def __init__(self, state_dir: str | Path) -> None:
-        directory = Path(state_dir)
-        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        os.chmod(directory, DIR_MODE)  # also when it was there before, looser
+        directory = _state_dir(state_dir)
         self.path = directory / DB_NAME
         # Created 0600 before SQLite opens it: the umask must not decide.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE))

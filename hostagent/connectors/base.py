@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from hostagent.models import DetachResult, Device, PathInfo, VolumeSpec
+from hostagent.models import ClaimsSource, DetachResult, Device, PathInfo, VolumeSpec, no_claims
 
 Progress = Callable[[str], None]
 
@@ -20,15 +20,20 @@ def no_progress(phase: str) -> None:
 
 
 class Connector(Protocol):
+    """`claims` is what the other live attachments own (models.Claims, read at each step): every
+    teardown step leaves it alone, and an attach refuses a WWID among it."""
+
     async def attach(self, spec: VolumeSpec, *, multipath: bool,
-                     progress: Progress = no_progress) -> Device: ...
+                     progress: Progress = no_progress, claims: ClaimsSource = no_claims
+                     ) -> Device: ...
 
     async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,
-                     progress: Progress = no_progress) -> DetachResult: ...
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> DetachResult: ...
 
     async def extend(self, spec: VolumeSpec, device: Device) -> int: ...
 
-    async def recover(self, spec: VolumeSpec) -> None:
+    async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
         """Undo an attach that was cut off by a crash, from its spec alone."""
         ...
 

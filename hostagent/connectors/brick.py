@@ -35,17 +35,20 @@ from hostagent.errors import (
     InvalidRequest,
     LoginFailed,
     NoPath,
+    WwidInUse,
 )
 from hostagent.host import scsi
 from hostagent.host.fs import SYS_BLOCK, HostFS, dev_node
 from hostagent.models import (
     Chap,
+    ClaimsSource,
     DetachResult,
     Device,
     FcVolume,
     IscsiVolume,
     PathInfo,
     VolumeSpec,
+    no_claims,
 )
 
 log = logging.getLogger("hostagent.brick")
@@ -231,20 +234,27 @@ class BrickConnector:
 
     # ---- attach ----------------------------------------------------------------
     async def attach(self, spec: VolumeSpec, *, multipath: bool,
-                     progress: Progress = no_progress) -> Device:
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> Device:
         props = self._check(spec)
         backend = self._backend(multipath)
         progress("os-brick connect_volume")
         with _translated("connect_volume"):
             info = await asyncio.to_thread(backend.connect_volume, props)
         try:
-            return self._device(info, multipath, spec)
+            device = self._device(info, multipath, spec)
         except BaseException:
             # os-brick made a device we cannot describe: it must not stay behind. The
             # first error is the one to report, whatever the clean-up meets.
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(backend.disconnect_volume, props, info, True, True)
             raise
+        if device.wwn in claims().wwids:
+            # os-brick has already put the disks into the map of that WWID; a disconnect
+            # would take the other attachment's map with them, so they are left there.
+            raise WwidInUse(f"os-brick attached WWID {device.wwn}, which another live "
+                            "attachment's volume already has: refused", wwid=device.wwn)
+        return device
 
     def _device(self, info: dict[str, Any], multipath: bool, spec: VolumeSpec) -> Device:
         # os-brick answers /dev/dm-N, /dev/sdX, or a /dev/disk/by-* link (single path).
@@ -269,8 +279,14 @@ class BrickConnector:
 
     # ---- detach ----------------------------------------------------------------
     async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,
-                     progress: Progress = no_progress) -> DetachResult:
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> DetachResult:
+        """os-brick decides for itself which sessions to log out (it counts the disks
+        left on them); only a map another live attachment has is kept from it."""
         props = self._check(spec)
+        if device.wwn in claims().wwids:
+            return DetachResult(False, (f"{device.wwn} belongs to another live attachment: "
+                                        "left to it",))
         backend = self._backend(device.multipath)
         progress("os-brick disconnect_volume")
         with _translated("disconnect_volume"):
@@ -280,7 +296,7 @@ class BrickConnector:
         warnings = ("forced through os-brick: data may be lost if the flush failed",)
         return DetachResult(force, warnings if force else ())
 
-    async def recover(self, spec: VolumeSpec) -> None:
+    async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
         """os-brick finds the volume's devices from its properties alone."""
         props = self._check(spec)
         with _translated("disconnect_volume"):

@@ -15,13 +15,20 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hostagent.connectors.base import Progress
-from hostagent.errors import DeviceBusy, HostAgentError, HostCommandError, PathsDown, WwnMismatch
+from hostagent.errors import (
+    DeviceBusy,
+    HostAgentError,
+    HostCommandError,
+    PathsDown,
+    WwidInUse,
+    WwnMismatch,
+)
 from hostagent.host import scsi
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, HostFS, dev_node
 from hostagent.host.multipath import Multipath
 from hostagent.host.udev import Udev, block_initialized
-from hostagent.models import DetachResult, Device, IscsiTarget, PathInfo
+from hostagent.models import NO_CLAIMS, Claims, DetachResult, Device, IscsiTarget, PathInfo
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,19 @@ async def first_path(connects: Iterable[Callable[[], Awaitable[ScsiPath]]]
         except HostAgentError as err:
             outcomes.append(err)
     return outcomes
+
+
+def path_failures(labels: Sequence[str], outcomes: Sequence[object]
+                  ) -> dict[str, HostAgentError]:
+    """The paths that gave no disk, by label. Only a host failure is a missing path:
+    any other exception is a bug, raised rather than reported."""
+    failures: dict[str, HostAgentError] = {}
+    for label, outcome in zip(labels, outcomes, strict=False):
+        if isinstance(outcome, HostAgentError):
+            failures[label] = outcome
+        elif isinstance(outcome, BaseException):
+            raise outcome
+    return failures
 
 
 class Devices:
@@ -121,9 +141,15 @@ class Devices:
     # ---- the device ----------------------------------------------------------------
     async def finish(self, paths: Sequence[ScsiPath], missing: tuple[str, ...], *,
                      multipath: bool, expected_wwn: str | None, progress: Progress,
-                     iscsi_targets: tuple[IscsiTarget, ...] = ()) -> Device:
-        """The Device of paths that all reach one volume: its map, or its one sd."""
+                     iscsi_targets: tuple[IscsiTarget, ...] = (),
+                     claims: Claims = NO_CLAIMS) -> Device:
+        """The Device of paths that all reach one volume: its map, or its one sd.
+        A WWID another live attachment's volume already has is refused, never merged
+        into that volume's map: two volumes cannot be one."""
         wwid = agreed_wwid(paths, expected_wwn)
+        if wwid in claims.wwids:
+            raise WwidInUse(f"the volume reports WWID {wwid}, which another live attachment's "
+                            "volume already has: refused, not merged into its map", wwid=wwid)
         infos = tuple(p.info for p in paths)
         if not multipath:
             sd = paths[0].info.device
@@ -149,16 +175,19 @@ class Devices:
         return await self.udev.wait(ready, timeout=self.device_timeout,
                                     what=f"multipath map {wwid} over {', '.join(devices)}")
 
-    async def rollback(self, paths: Sequence[ScsiPath], *, force: bool = True) -> None:
+    async def rollback(self, paths: Sequence[ScsiPath], *, force: bool = True,
+                       claims: Claims = NO_CLAIMS) -> None:
         """Take away what an attach made: maps made only of its disks, then the disks."""
-        created = [p.info for p in paths if p.created]
-        for wwid in {p.wwid for p in paths if p.wwid}:
+        created = [p for p in paths if p.created]
+        for wwid in {p.wwid for p in paths if p.wwid} - claims.wwids:
             dm = self.multipath.map_device(wwid)
             if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
-                    p.device for p in created}:
+                    p.info.device for p in created}:
                 await self.remove_map(wwid, dm, force=force)
                 self.multipath.forget_wwid(wwid)
-        await self.delete_disks(created)
+        for wwid in dict.fromkeys(p.wwid for p in created):
+            await self.delete_disks([p.info for p in created if p.wwid == wwid], wwid,
+                                    claims=claims)
 
     def forget_unmapped(self, paths: Iterable[ScsiPath]) -> None:
         """Forget the WWIDs of paths whose map is gone (a recovery's last step)."""
@@ -180,10 +209,14 @@ class Devices:
 
     # ---- detach --------------------------------------------------------------------
     async def release(self, device: Device, paths: Sequence[PathInfo], *, force: bool,
-                      progress: Progress) -> DetachResult:
+                      progress: Progress, claims: Claims = NO_CLAIMS) -> DetachResult:
         """Flush and remove the volume's map, forget its WWID, delete `paths`' disks."""
         warnings: list[str] = []
         lost = False
+        if device.wwn in claims.wwids:
+            # Another live attachment has this volume now: its map and disks are its.
+            warnings.append(f"{device.wwn} belongs to another live attachment: left to it")
+            return DetachResult(False, tuple(warnings))
         # Also in single-path mode: multipathd may have built a map on our disk
         # by itself (find_multipaths no); the disk cannot go while it holds it.
         dm = self.multipath.map_device(device.wwn)
@@ -195,7 +228,7 @@ class Devices:
         if device.multipath:
             self.multipath.forget_wwid(device.wwn)
         progress("removing the disks")
-        await self.delete_disks(list(paths))
+        await self.delete_disks(list(paths), device.wwn, claims=claims, warnings=warnings)
         return DetachResult(lost, tuple(warnings))
 
     def flush(self, dev: str, force: bool, warnings: list[str]) -> bool:
@@ -230,11 +263,29 @@ class Devices:
         await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
         return False
 
-    async def delete_disks(self, paths: Sequence[PathInfo]) -> None:
+    async def delete_disks(self, paths: Sequence[PathInfo], wwid: str, *,
+                           claims: Claims = NO_CLAIMS,
+                           warnings: list[str] | None = None) -> None:
+        """Delete the disks at `paths` that still report `wwid` there, read again right
+        now: H:C:T:L and sd names are reused, so another volume's disk may sit where
+        ours was. A disk another live attachment has is never deleted."""
+        gone = []
         for p in paths:
-            # Deleting a SCSI device is synchronous; the wait covers udev's removal.
-            scsi.delete_device(self.fs, p.hctl)
-        await self.wait_gone([f"{SYS_CLASS}/scsi_device/{p.hctl}" for p in paths], "the disks")
+            if not self.fs.exists(f"{SYS_CLASS}/scsi_device/{p.hctl}"):
+                continue
+            now = scsi.wwid(self.fs, p.hctl) or ""
+            if p.hctl in claims.hctls:
+                skipped = f"{p.hctl} is another live attachment's disk: left alone"
+            elif now != wwid:
+                skipped = f"{p.hctl} now reports {now or 'no WWID'}, not {wwid}: left alone"
+            else:
+                # Deleting a SCSI device is synchronous; the wait covers udev's removal.
+                scsi.delete_device(self.fs, p.hctl)
+                gone.append(f"{SYS_CLASS}/scsi_device/{p.hctl}")
+                continue
+            if warnings is not None:
+                warnings.append(skipped)
+        await self.wait_gone(gone, "the disks")
 
     async def wait_gone(self, sys_paths: list[str], what: str) -> None:
         await self.udev.wait(lambda: not any(self.fs.exists(p) for p in sys_paths) or None,

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from hostagent.connectors.base import PathRepair, Progress, host_properties, no_progress
-from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
+from hostagent.connectors.devices import (
+    Devices,
+    ScsiPath,
+    describe,
+    first_path,
+    path_failures,
+)
 from hostagent.connectors.locks import TargetLocks
 from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
@@ -35,7 +41,15 @@ from hostagent.host.executor import Executor
 from hostagent.host.fs import SYS_CLASS, HostFS
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev
-from hostagent.models import DetachResult, Device, FcVolume, PathInfo, VolumeSpec
+from hostagent.models import (
+    ClaimsSource,
+    DetachResult,
+    Device,
+    FcVolume,
+    PathInfo,
+    VolumeSpec,
+    no_claims,
+)
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,8 @@ class FcConnector:
 
     # ---- attach ----------------------------------------------------------------
     async def attach(self, spec: VolumeSpec, *, multipath: bool,
-                     progress: Progress = no_progress) -> Device:
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> Device:
         vol = _expect_fc(spec)
         async with self.locks.hold(vol.target_keys):
             progress("finding the target ports")
@@ -151,11 +166,11 @@ class FcConnector:
                 else:
                     outcomes = await first_path(
                         functools.partial(self._connect, p, vol, progress) for p in todo.pairs)
-                failures = _failures(todo.pairs, outcomes)
+                failures = path_failures([p.label for p in todo.pairs], outcomes)
             except BaseException:
                 # Cut off mid-scan (a timeout, a shutdown), or a bug: a path may be
                 # half made, so what exists is found anew rather than taken from outcomes.
-                await self._undo(vol, force=True)
+                await self._undo(vol, force=True, claims=claims)
                 raise
             paths = [o for o in outcomes if isinstance(o, ScsiPath)]
             try:
@@ -164,9 +179,9 @@ class FcConnector:
                     raise _no_path_error(failures, missing)
                 return await self.devices.finish(paths, missing, multipath=multipath,
                                                  expected_wwn=vol.expected_wwn,
-                                                 progress=progress)
+                                                 progress=progress, claims=claims())
             except BaseException:
-                await self.devices.rollback(paths)
+                await self.devices.rollback(paths, claims=claims())
                 raise
 
     async def _connect(self, pair: _Pair, vol: FcVolume, progress: Progress) -> ScsiPath:
@@ -220,7 +235,7 @@ class FcConnector:
         return list(paths.values())
 
     # ---- recovery after a crash ---------------------------------------------------
-    async def recover(self, spec: VolumeSpec) -> None:
+    async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
         """Undo an attach the agent did not live to finish, knowing only its spec.
 
         The volume's LUN behind every remote port of its targets goes (its map, its
@@ -229,14 +244,14 @@ class FcConnector:
         """
         vol = _expect_fc(spec)
         async with self.locks.hold(vol.target_keys):
-            await self._undo(vol, force=False)
+            await self._undo(vol, force=False, claims=claims)
 
-    async def _undo(self, vol: FcVolume, *, force: bool) -> None:
+    async def _undo(self, vol: FcVolume, *, force: bool, claims: ClaimsSource) -> None:
         paths = self._found(vol)
         if vol.expected_wwn:  # a disk at the LUN that is another volume is not ours
             want = vol.expected_wwn.lower().removeprefix("naa.")
             paths = [p for p in paths if p.wwid in ("", want, "3" + want)]
-        await self.devices.rollback(paths, force=force)
+        await self.devices.rollback(paths, force=force, claims=claims())
         self.devices.forget_unmapped(paths)
 
     def present(self, device: Device) -> bool:
@@ -245,11 +260,12 @@ class FcConnector:
 
     # ---- detach ----------------------------------------------------------------
     async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,
-                     progress: Progress = no_progress) -> DetachResult:
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> DetachResult:
         vol = _expect_fc(spec)
         async with self.locks.hold(vol.target_keys):
             return await self.devices.release(device, self._paths_of(vol, device),
-                                              force=force, progress=progress)
+                                              force=force, progress=progress, claims=claims())
 
     # ---- self-healing ------------------------------------------------------------
     async def repair(self, spec: VolumeSpec, device: Device, repair: PathRepair) -> PathInfo:
@@ -285,19 +301,7 @@ class FcConnector:
         return props
 
 
-def _failures(pairs: Sequence[_Pair], outcomes: Sequence[object]) -> dict[str, BaseException]:
-    """The pairs that gave no path, by label. An exception other than a host
-    failure is a bug, not a missing path: it is raised, not reported."""
-    failures: dict[str, BaseException] = {}
-    for pair, outcome in zip(pairs, outcomes, strict=False):
-        if isinstance(outcome, HostAgentError):
-            failures[pair.label] = outcome
-        elif isinstance(outcome, BaseException):
-            raise outcome
-    return failures
-
-
-def _no_path_error(failures: dict[str, BaseException],
+def _no_path_error(failures: dict[str, HostAgentError],
                    missing: tuple[str, ...]) -> HostAgentError:
     errors = [e for e in failures.values() if isinstance(e, HostAgentError)]
     if errors and len(errors) == len(missing) and len({type(e) for e in errors}) == 1:

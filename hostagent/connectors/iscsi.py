@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -24,7 +24,13 @@ from hostagent.connectors.base import (
     host_properties,
     no_progress,
 )
-from hostagent.connectors.devices import Devices, ScsiPath, describe, first_path
+from hostagent.connectors.devices import (
+    Devices,
+    ScsiPath,
+    describe,
+    first_path,
+    path_failures,
+)
 from hostagent.connectors.locks import TargetLocks
 from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
@@ -43,6 +49,7 @@ from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev
 from hostagent.models import (
     Chap,
+    ClaimsSource,
     DetachResult,
     Device,
     IscsiTarget,
@@ -50,6 +57,7 @@ from hostagent.models import (
     PathInfo,
     Portal,
     VolumeSpec,
+    no_claims,
 )
 
 INITIATOR_FILE = f"{ETC_ISCSI}/initiatorname.iscsi"
@@ -99,7 +107,8 @@ class IscsiConnector:
 
     # ---- attach ----------------------------------------------------------------
     async def attach(self, spec: VolumeSpec, *, multipath: bool,
-                     progress: Progress = no_progress) -> Device:
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> Device:
         vol = _expect_iscsi(spec)
         await self.iscsiadm.ensure_iface()
         targets = await self._resolve(vol, multipath, progress)
@@ -113,17 +122,18 @@ class IscsiConnector:
                 else:
                     outcomes = await first_path(
                         functools.partial(self._connect, t, vol, progress) for t in targets)
+                failures = path_failures([str(t.portal) for t in targets], outcomes)
             except BaseException:
-                # Cut off mid-login (a timeout, a shutdown): what exists is found anew.
-                await self._undo(vol, targets)
+                # Cut off mid-login (a timeout, a shutdown), or a bug: a path may be half
+                # made, so what exists is found anew rather than taken from outcomes.
+                await self._undo(vol, targets, claims)
                 raise
             paths = [o for o in outcomes if isinstance(o, ScsiPath)]
-            failures = {str(t.portal): o for t, o in zip(targets, outcomes, strict=False)
-                        if isinstance(o, BaseException)}
             try:
-                return await self._finish(vol, targets, paths, failures, multipath, progress)
+                return await self._finish(vol, targets, paths, failures, multipath, progress,
+                                          claims)
             except BaseException:
-                await self._rollback(targets, paths)
+                await self._rollback(targets, paths, claims)
                 raise
 
     async def _resolve(self, vol: IscsiVolume, multipath: bool,
@@ -202,21 +212,22 @@ class IscsiConnector:
         return None
 
     async def _finish(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...],
-                      paths: list[ScsiPath], failures: dict[str, BaseException],
-                      multipath: bool, progress: Progress) -> Device:
+                      paths: list[ScsiPath], failures: dict[str, HostAgentError],
+                      multipath: bool, progress: Progress, claims: ClaimsSource) -> Device:
         if not paths:
             raise _no_path_error(vol, failures)
         missing = tuple(f"{portal}: {describe(err)}" for portal, err in failures.items())
         return await self.devices.finish(paths, missing, multipath=multipath,
                                          expected_wwn=vol.expected_wwn, progress=progress,
-                                         iscsi_targets=targets)
+                                         iscsi_targets=targets, claims=claims())
 
-    async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[ScsiPath]) -> None:
-        await self.devices.rollback(paths)
-        await self._release_sessions(targets)
+    async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[ScsiPath],
+                        claims: ClaimsSource) -> None:
+        await self.devices.rollback(paths, claims=claims())
+        await self._release_sessions(targets, claims)
 
     # ---- recovery after a crash ---------------------------------------------------
-    async def recover(self, spec: VolumeSpec) -> None:
+    async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
         """Undo an attach the agent did not live to finish, knowing only its spec.
 
         Whatever of this volume's LUN sits on hostagent's own sessions is taken
@@ -225,9 +236,10 @@ class IscsiConnector:
         """
         vol = _expect_iscsi(spec)
         async with self.locks.hold(vol.iqns):
-            await self._undo(vol, vol.targets)
+            await self._undo(vol, vol.targets, claims)
 
-    async def _undo(self, vol: IscsiVolume, targets: Sequence[IscsiTarget]) -> None:
+    async def _undo(self, vol: IscsiVolume, targets: Sequence[IscsiTarget],
+                    claims: ClaimsSource) -> None:
         """What exists of `vol` on our sessions goes: its disks and map, then the
         sessions and node records of its targets that no other LUN uses."""
         lun_of = {t.iqn: t.lun for t in vol.targets}
@@ -243,7 +255,7 @@ class IscsiConnector:
             *targets,
             *(IscsiTarget(s.portal, s.iqn, lun_of[s.iqn]) for s in sessions),
             *(IscsiTarget(p, iqn, lun) for iqn, lun in lun_of.items()
-              for p in self.iscsiadm.node_portals(iqn))]), paths)
+              for p in self.iscsiadm.node_portals(iqn))]), paths, claims)
         self.devices.forget_unmapped(paths)
 
     def present(self, device: Device) -> bool:
@@ -252,40 +264,42 @@ class IscsiConnector:
 
     # ---- detach ----------------------------------------------------------------
     async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,
-                     progress: Progress = no_progress) -> DetachResult:
+                     progress: Progress = no_progress,
+                     claims: ClaimsSource = no_claims) -> DetachResult:
         vol = _expect_iscsi(spec)
         targets = device.iscsi_targets or _unique(vol.targets)
         async with self.locks.hold(t.iqn for t in targets):
             result = await self.devices.release(device, device.paths, force=force,
-                                                progress=progress)
+                                                progress=progress, claims=claims())
             progress("logging out")
-            await self._release_sessions(targets)
+            await self._release_sessions(targets, claims)
             return result
 
-    async def _release_sessions(self, targets: Sequence[IscsiTarget]) -> None:
-        """Log out and forget only what no other LUN still uses (K2 shares one IQN).
-
-        A target none of whose sessions holds a LUN goes whole: one logout for all
-        its portals, and its records. Otherwise only its idle portals go."""
+    async def _release_sessions(self, targets: Sequence[IscsiTarget], claims: ClaimsSource) -> None:
+        """Log out and forget only what no other LUN and no other live attachment
+        still uses (K2 shares one IQN), as plan_release decides."""
         portals: dict[str, list[Portal]] = {}
         for t in targets:
             portals.setdefault(t.iqn, []).append(t.portal)
-        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)), [
-            s for s in scsi.iscsi_sessions(self.fs, iqn) if s.iface == self.options.iface])
-            for iqn, wanted in portals.items()))
+        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)), claims)
+                               for iqn, wanted in portals.items()))
 
-    async def _release(self, iqn: str, portals: list[Portal],
-                       sessions: list[scsi.IscsiSession]) -> None:
-        busy = {s.portal for s in sessions if scsi.devices_on_host(self.fs, s.host)}
-        if not busy:
+    async def _release(self, iqn: str, portals: list[Portal], claims: ClaimsSource) -> None:
+        # Read right before the logout: what holds a disk now, not at attach.
+        sessions = [s for s in scsi.iscsi_sessions(self.fs, iqn)
+                    if s.iface == self.options.iface]
+        plan = plan_release(portals, {s.portal: bool(scsi.devices_on_host(self.fs, s.host))
+                                      for s in sessions},
+                            frozenset(p for i, p in claims().sessions if i == iqn))
+        if plan.whole:
             if sessions:
                 await self.iscsiadm.logout(iqn)
             await self.iscsiadm.delete_nodes(iqn)
             return
-        idle = [p for p in portals if p not in busy]
         logged_in = {s.portal for s in sessions}
-        await asyncio.gather(*(self.iscsiadm.logout(iqn, p) for p in idle if p in logged_in))
-        await self.iscsiadm.delete_nodes(iqn, idle)
+        await asyncio.gather(*(self.iscsiadm.logout(iqn, p) for p in plan.portals
+                               if p in logged_in))
+        await self.iscsiadm.delete_nodes(iqn, plan.portals)
 
     # ---- extend ----------------------------------------------------------------
     async def extend(self, spec: VolumeSpec, device: Device) -> int:
@@ -347,7 +361,26 @@ class IscsiConnector:
         return props
 
 
-def _no_path_error(vol: IscsiVolume, failures: dict[str, BaseException]) -> BaseException:
+@dataclass(frozen=True)
+class ReleasePlan:
+    whole: bool  # one logout of all our sessions to the target, and all its records
+    portals: tuple[Portal, ...] = ()  # else: only these portals' sessions and records
+
+
+def plan_release(wanted: Sequence[Portal], sessions: Mapping[Portal, bool],
+                 kept: frozenset[str]) -> ReleasePlan:
+    """What of a target a teardown may end. `sessions`: our sessions' portals and
+    whether a disk is on each; `kept`: portals another live attachment expects,
+    with or without a session now (a path that is down is still expected). A portal
+    that is busy or kept keeps its session and record; the target goes whole only
+    when none is."""
+    busy = {str(p) for p, has_disks in sessions.items() if has_disks} | kept
+    if not busy:
+        return ReleasePlan(True)
+    return ReleasePlan(False, tuple(p for p in wanted if str(p) not in busy))
+
+
+def _no_path_error(vol: IscsiVolume, failures: Mapping[str, HostAgentError]) -> BaseException:
     errors = list(failures.values())
     for err in errors:
         if isinstance(err, AuthenticationFailed):

@@ -25,7 +25,7 @@ async def restore_disk(devices: Devices, fs: HostFS, device: Device, repair: Pat
     wwid = scsi.wwid(fs, hctl)
     if wwid != device.wwn:
         if created:
-            await devices.delete_disks([PathInfo(sd, hctl)])
+            await devices.delete_disks([PathInfo(sd, hctl)], wwid or "")
         raise WwnMismatch(f"{sd} ({hctl}) reports {wwid}, not the volume's {device.wwn}",
                           hctl=hctl, wwid=wwid)
     if device.multipath:

@@ -202,7 +202,10 @@ def plan_heal(health: AttachmentHealth) -> list[HealAction]:
             action = Action.LOGIN
         elif p.hctl and p.device is None and p.session_state in (None, LOGGED_IN):
             action = Action.SCAN
-        elif p.device and p.sd_state in OFFLINE_STATES and not p.holders:
+        elif p.device and p.sd_state in OFFLINE_STATES and not p.holders and \
+                obs.map.expected:
+            # Without a map the sd is the consumer's device itself: open or not, it
+            # shows no holder, so it is never deleted under its user.
             action = Action.REPLACE
         elif p.device and p.sd_state == RUNNING and p.in_map is False and \
                 p.wwid == obs.wwn and p.session_state in (None, LOGGED_IN):

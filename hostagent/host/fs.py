@@ -11,6 +11,7 @@ import errno
 import fcntl
 import mmap
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -104,6 +105,11 @@ class HostFS:
             os.fchmod(f.fileno(), mode)  # the umask must not narrow it
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
 
     def unlink(self, host_path: str) -> None:
         self.path(host_path).unlink(missing_ok=True)
@@ -119,20 +125,24 @@ class HostFS:
                 raise
 
     def update_locked(self, host_path: str, edit: Callable[[str], str]) -> None:
-        """Rewrite a shared text file under the same fcntl lock multipath-tools takes."""
+        """Rewrite a shared text file under the same fcntl lock multipath-tools takes,
+        atomically: a crash leaves the old content or the new, never a cut file (an
+        empty wwids file or node record would lose volumes at the next boot). The new
+        file keeps the old one's mode (node records hold secrets: 0600)."""
         path = self.path(host_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a+") as f:
-            fcntl.lockf(f, fcntl.LOCK_EX)
-            f.seek(0)
-            old = f.read()
-            new = edit(old)
-            if new != old:
+        while True:
+            with path.open("a+") as f:
+                fcntl.lockf(f, fcntl.LOCK_EX)
+                st = os.fstat(f.fileno())
+                if not path.exists() or os.stat(path).st_ino != st.st_ino:
+                    continue  # replaced by another writer while we waited: lock the new one
                 f.seek(0)
-                f.truncate()
-                f.write(new)
-                f.flush()
-                os.fsync(f.fileno())
+                old = f.read()
+                new = edit(old)
+                if new != old:
+                    self.replace_file(host_path, new, stat.S_IMODE(st.st_mode))
+                return
 
     def read_direct(self, dev_path: str, size: int = 4096) -> int:
         """Read `size` bytes at offset 0 of a block device with O_DIRECT: the read

@@ -145,8 +145,9 @@ class Multipath:
         await self._ok(f"add path {device}")
 
     async def remove_map(self, wwid: str) -> None:
-        """Stop queueing (a dead map must not hang the removal), then remove the map."""
-        await self.client.command(f"disablequeueing map {wwid}", timeout=self.timeout)
+        """Remove a map nobody holds. Queueing is left as it is: multipathd checks the
+        open count first and refuses an open map untouched (libmultipath
+        _dm_flush_map), so a refused detach leaves the consumer's map as it was."""
         reply = await self.client.command(f"del map {wwid}", timeout=self.timeout)
         if reply.strip() != "ok" and self.map_device(wwid) is not None:
             raise DeviceBusy(f"multipathd could not remove map {wwid} (in use?)", wwid=wwid)

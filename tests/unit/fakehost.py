@@ -35,10 +35,28 @@ class FakeKernel:
     fc_luns: dict[tuple[str, int], str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # wwid -> bytes
     flushed: list[str] = field(default_factory=list)
-    _next_host: int = 3
-    _next_sd: int = 0
-    _next_dm: int = 0
     _next_ctlr: int = 0
+    first_host: int = 3  # hosts 0-2 are the guest's other controllers
+
+    # Linux hands a new SCSI host, disk or map the lowest free number (an ida), so
+    # names come back: code that trusts one to still mean its volume is caught here.
+    def _free_host(self) -> int:
+        n = self.first_host
+        while self.p(f"/sys/class/scsi_host/host{n}").exists():
+            n += 1
+        return n
+
+    def _free_sd(self) -> tuple[str, int]:
+        n = 0
+        while self.p(f"/sys/block/{sd_name(n)}").exists():
+            n += 1
+        return sd_name(n), n
+
+    def _free_dm(self) -> str:
+        n = 0
+        while self.p(f"/sys/block/dm-{n}").exists():
+            n += 1
+        return f"dm-{n}"
 
     def p(self, host_path: str) -> Path:
         return self.root / host_path.lstrip("/")
@@ -50,8 +68,7 @@ class FakeKernel:
 
     # ---- iSCSI sessions ----------------------------------------------------------
     def add_session(self, iqn: str, portal: str, iface: str = "hostagent") -> int:
-        host = sid = self._next_host
-        self._next_host += 1
+        host = sid = self._free_host()
         dev = self.p(f"/sys/devices/platform/host{host}/session{sid}/iscsi_session/session{sid}")
         for name, value in (("targetname", iqn), ("ifacename", iface), ("state", "LOGGED_IN"),
                             ("target_id", "0")):
@@ -91,22 +108,21 @@ class FakeKernel:
                  parent: str | None = None) -> str:
         """An sd at H:C:T:L under `parent` (the target's directory; iSCSI's by default)."""
         hctl = f"{host}:{channel}:{target}:{lun}"
-        sd = "sd" + "abcdefghijklmnopqrstuvwxyz"[self._next_sd]
-        self._next_sd += 1
+        sd, index = self._free_sd()
         parent = parent or f"/sys/devices/platform/host{host}/session{host}/target{host}:0:0"
         devdir = f"{parent}/{hctl}"
         self.write(f"{devdir}/wwid", "naa." + wwid[1:])
         self.write(f"{devdir}/state", "running")
         self.write(f"{devdir}/delete")
         self.write(f"{devdir}/rescan")
-        self.write(f"{devdir}/block/{sd}/dev", f"8:{self._next_sd * 16}")
+        self.write(f"{devdir}/block/{sd}/dev", f"8:{index * 16}")
         self.write(f"{devdir}/block/{sd}/size", str(self.sizes.get(wwid, 64 << 20) // 512))
         self.p(f"{devdir}/block/{sd}/holders").mkdir(parents=True)
         _link(self.p(f"{devdir}/block/{sd}/device"), self.p(devdir))
         _link(self.p(f"/sys/class/scsi_device/{hctl}/device"), self.p(devdir))
         for cls in ("/sys/class/block", "/sys/block"):
             _link(self.p(f"{cls}/{sd}"), self.p(f"{devdir}/block/{sd}"))
-        self.write(f"/run/udev/data/b8:{self._next_sd * 16}")
+        self.write(f"/run/udev/data/b8:{index * 16}")
         self.write(f"/dev/{sd}")
         return sd
 
@@ -114,6 +130,8 @@ class FakeKernel:
         dev = Path(os.path.realpath(self.p(f"/sys/class/scsi_device/{hctl}/device")))
         for sd in os.listdir(dev / "block"):
             assert not os.listdir(dev / "block" / sd / "holders"), f"{sd} still held"
+            # udev processes the removal: the database entry and the node go.
+            self.p(f"/run/udev/data/b{(dev / 'block' / sd / 'dev').read_text()}").unlink()
             for cls in ("/sys/class/block", "/sys/block"):
                 os.unlink(self.p(f"{cls}/{sd}"))
             self.p(f"/dev/{sd}").unlink()
@@ -124,8 +142,7 @@ class FakeKernel:
     def add_fc_host(self, port_name: str, *, state: str = "Online",
                     node_name: str | None = None) -> int:
         """A local FC port: fc_host and scsi_host under its FCoE controller."""
-        host = self._next_host
-        self._next_host += 1
+        host = self._free_host()
         base = f"/sys/devices/virtual/net/fcA{host}/ctlr_{self._next_ctlr}/host{host}"
         self._next_ctlr += 1
         attrs = {"port_name": "0x" + port_name, "port_state": state,
@@ -206,8 +223,7 @@ class FakeKernel:
         wwid = "3" + (self.p(f"/sys/class/block/{sd}") / "../../wwid").resolve().read_text()[4:]
         dm = self.dm_of(wwid)
         if dm is None:
-            dm = f"dm-{self._next_dm}"
-            self._next_dm += 1
+            dm = self._free_dm()
             base = f"/sys/devices/virtual/block/{dm}"
             self.write(f"{base}/dm/uuid", f"mpath-{wwid}")
             self.write(f"{base}/dev", f"253:{dm[3:]}")
@@ -231,7 +247,18 @@ class FakeKernel:
             os.unlink(self.p(f"{cls}/{dm}"))
         _rmtree(base)
         self.p(f"/dev/{dm}").unlink()
+        self.p(f"/run/udev/data/b253:{dm[3:]}").unlink()
         return True
+
+
+def sd_name(index: int) -> str:
+    """The kernel's sd naming: sda..sdz, sdaa..sdzz, sdaaa..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = "abcdefghijklmnopqrstuvwxyz"[rest] + letters
+    return "sd" + letters
 
 
 def _rmtree(path: Path) -> None:
@@ -315,6 +342,7 @@ class FakeMultipathd:
         self.kernel = kernel
         self.commands: list[str] = []
         self.busy: set[str] = set()
+        self.queueing_disabled: set[str] = set()  # maps whose queue_if_no_path is off
         # `show maps json`: (dm_st, chk_st) of a path by sd name; active/ready otherwise.
         self.path_states: dict[str, tuple[str, str]] = {}
         self.features = "1 queue_if_no_path"
@@ -329,7 +357,14 @@ class FakeMultipathd:
             if words[2] in self.busy:
                 return "fail\n"
             return "ok\n" if self.kernel.remove_map(words[2]) else "fail\n"
-        if words[0] in ("disablequeueing", "resize"):
+        if words[0] in ("disablequeueing", "restorequeueing", "resize"):
+            # multipathd refuses a map it does not have, as it does every other command.
+            if words[1:2] != ["map"] or self.kernel.dm_of(words[2]) is None:
+                return "fail\n"
+            if words[0] == "disablequeueing":
+                self.queueing_disabled.add(words[2])
+            elif words[0] == "restorequeueing":
+                self.queueing_disabled.discard(words[2])
             return "ok\n"
         if cmd == "show maps json":
             return self.maps_json()

@@ -203,7 +203,7 @@ def test_detach_flushes_removes_the_map_deletes_the_disks_and_forgets(host: Host
     host.fs.writes.clear()
     host.detach(k2(1), device)
     assert host.kernel.flushed == ["/dev/dm-0"]
-    assert host.mpd.commands[-2:] == [f"disablequeueing map {WWID}", f"del map {WWID}"]
+    assert host.mpd.commands[-1:] == [f"del map {WWID}"]  # queueing left as it was
     assert host.fs.writes == [("/sys/class/scsi_device/3:0:0:1/device/delete", "1"),
                               ("/sys/class/scsi_device/4:0:0:1/device/delete", "1")]
     assert host.scsi_devices() == [] and host.kernel.dm_of(WWID) is None

@@ -314,8 +314,9 @@ def test_an_offline_disk_nobody_holds_is_replaced(agent: Agent) -> None:
     drop_from_map(kernel, old)
     set_sd_state(kernel, hctl, "offline")
     asyncio.run(m.run_once())
-    new = disk_at(kernel, hctl)
-    assert new != old and f"add path {new}" in agent.host.mpd.commands
+    new = disk_at(kernel, hctl)  # Linux hands the freed name out again: sdb, anew
+    assert new == old and f"add path {new}" in agent.host.mpd.commands
+    assert kernel.p(f"/sys/class/scsi_device/{hctl}/device/state").read_text() == "running"
     assert (f"/sys/class/scsi_device/{hctl}/device/delete", "1") in agent.host.fs.writes
     assert ("/sys/class/scsi_host/host4/scan", "0 0 0") in agent.host.fs.writes
     assert check(m).verdict == Verdict.HEALTHY
