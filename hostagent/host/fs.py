@@ -30,6 +30,7 @@ SYS_MODULE = "/sys/module"
 # Where preflight looks for the tools hostagent runs (systemd's default PATH).
 BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 UDEV_DB = "/run/udev/data"
+ISCSI_LOCK_DIR = "/run/lock/iscsi"  # open-iscsi idbm.h LOCK_DIR (/var/lock is a link to it)
 PROC = "/proc"
 # The agent's own places (defaults of its configuration).
 ETC_HOSTAGENT = "/etc/hostagent"
@@ -110,6 +111,20 @@ class HostFS:
             os.fsync(dir_fd)  # the rename itself survives a power cut
         finally:
             os.close(dir_fd)
+
+    def try_link(self, target: str, link: str) -> bool:
+        """A hard link `link` to `target`; False when `link` exists (the way open-iscsi
+        takes its node-db lock)."""
+        try:
+            os.link(self.path(target), self.path(link))
+        except FileExistsError:
+            return False
+        return True
+
+    def ensure_file(self, host_path: str, mode: int) -> None:
+        path = self.path(host_path)
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode))
 
     def unlink(self, host_path: str) -> None:
         self.path(host_path).unlink(missing_ok=True)

@@ -9,9 +9,10 @@ iscsiadm command line, where `ps` would show them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -25,10 +26,13 @@ from hostagent.errors import (
 )
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.executor import Executor
-from hostagent.host.fs import ETC_ISCSI, VAR_LIB_ISCSI, HostFS
+from hostagent.host.fs import ETC_ISCSI, ISCSI_LOCK_DIR, VAR_LIB_ISCSI, HostFS
 from hostagent.models import Chap, Portal
 
 ISCSIADM = "iscsiadm"
+IDBM_LOCK_FILE = f"{ISCSI_LOCK_DIR}/lock"
+IDBM_LOCK_WRITE_FILE = f"{ISCSI_LOCK_DIR}/lock.write"
+IDBM_LOCK_TRIES = 3000  # x 10 ms, as idbm_lock
 DB_ATTEMPTS = 3
 DISCOVERY_ATTEMPTS = 3
 DISCOVERY_BACKOFF = 0.5  # s, times the attempt number
@@ -146,6 +150,25 @@ class Iscsiadm:
             self._db_lock, self._db_loop = asyncio.Lock(), loop
         return self._db_lock
 
+    @contextlib.asynccontextmanager
+    async def _idbm_lock(self) -> AsyncIterator[None]:
+        """open-iscsi's own node-db lock (idbm_lock: link lock -> lock.write, retried
+        every 10 ms), held around our in-place record edits so that no iscsiadm
+        writes a record while we do. Never held around an iscsiadm call: iscsiadm
+        takes it itself."""
+        self.fs.ensure_file(IDBM_LOCK_FILE, 0o666)
+        for _ in range(IDBM_LOCK_TRIES):
+            if self.fs.try_link(IDBM_LOCK_FILE, IDBM_LOCK_WRITE_FILE):
+                break
+            await self.clock.sleep(0.01)
+        else:  # as iscsiadm itself does after 30 s: a stale lock must not stop us for good
+            log.warning("%s held for %d s; going on as iscsiadm does", IDBM_LOCK_WRITE_FILE,
+                        IDBM_LOCK_TRIES // 100)
+        try:
+            yield
+        finally:
+            self.fs.unlink(IDBM_LOCK_WRITE_FILE)
+
     def _node_db(self) -> str:
         # Debian/Ubuntu keep the node db in /etc/iscsi, RHEL in /var/lib/iscsi.
         for candidate in (f"{ETC_ISCSI}/nodes", f"{VAR_LIB_ISCSI}/nodes"):
@@ -205,8 +228,8 @@ class Iscsiadm:
         async with self._db():  # the discoverydb record of the portal is shared
             await self._run([*base, "-o", "new"])
             try:
-                self._edit(self._discovery_record(portal),
-                           chap_settings(chap, "discovery.sendtargets.auth"))
+                await self._edit(self._discovery_record(portal),
+                                 chap_settings(chap, "discovery.sendtargets.auth"))
                 return parse_discovery(await self._run([*base, "--discover", "-o",
                                                         "nonpersistent"]))
             finally:
@@ -218,20 +241,18 @@ class Iscsiadm:
         async with self._db():
             await self._run_db(["-m", "node", "-T", iqn, "-p", str(portal), "-I", self.iface,
                                 "-o", "new"])
-            self._edit(self.node_record(iqn, portal), settings)
+            await self._edit(self.node_record(iqn, portal), settings)
 
     async def update_node(self, iqn: str, portal: Portal, settings: Mapping[str, str]) -> None:
         async with self._db():
-            self._edit(self.node_record(iqn, portal), settings)
+            await self._edit(self.node_record(iqn, portal), settings)
 
     def node_record(self, iqn: str, portal: Portal) -> str:
         """The record file: '<ip>,<port>' when the TPGT is unknown (static records),
         else '<ip>,<port>,<tpgt>/<iface>'."""
-        flat = f"{self.node_db}/{iqn}/{record_portal(portal)}"
-        if self.fs.path(flat).is_file():
-            return flat
-        for match in self.fs.glob(f"{flat},*/{self.iface}"):
-            return match
+        record = self._our_records(iqn).get(portal)
+        if record is not None:
+            return record
         raise HostCommandError(f"no node record for {iqn} at {portal}", iqn=iqn,
                                portal=str(portal))
 
@@ -282,7 +303,7 @@ class Iscsiadm:
         """Our node records of `iqn` (at `portals`, or all) removed as `iscsiadm -o
         delete` removes them: the record, then its directories once empty. Done in
         place: a process per record was most of a detach's CPU time."""
-        async with self._db():
+        async with self._db(), self._idbm_lock():
             records = self._our_records(iqn)
             for portal in records if portals is None else portals:
                 record = records.get(portal)
@@ -298,8 +319,9 @@ class Iscsiadm:
             return match
         raise HostCommandError(f"no discovery record for {portal}", portal=str(portal))
 
-    def _edit(self, record: str, settings: Mapping[str, str]) -> None:
-        self.fs.update_locked(record, lambda text: edit_record(text, settings))
+    async def _edit(self, record: str, settings: Mapping[str, str]) -> None:
+        async with self._idbm_lock():
+            self.fs.update_locked(record, lambda text: edit_record(text, settings))
 
     async def _run_db(self, args: list[str], *,
                       ok: tuple[int, ...] = (IscsiErr.SUCCESS,)) -> str:

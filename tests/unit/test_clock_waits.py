@@ -107,7 +107,7 @@ def test_an_idbm_failure_is_retried_with_a_growing_wait(tmp_path: Path,
 
     def made() -> None:
         record.parent.mkdir(parents=True)
-        record.write_text("node.name = x\n")
+        record.write_text("node.name = x\niface.iscsi_ifacename = hostagent\n")
 
     executor.expect(NEW_NODE, returncode=IscsiErr.IDBM, times=2)
     executor.expect(NEW_NODE, side_effect=made)

@@ -16,7 +16,13 @@ from hostagent.agent.service import claims_of
 from hostagent.agent.state import claim_directory
 from hostagent.config import Config
 from hostagent.connection_info import parse
-from hostagent.errors import AgentRunning, DeviceBusy, PortalUnreachable, WwidInUse
+from hostagent.errors import (
+    AgentRunning,
+    DeviceBusy,
+    HostCommandError,
+    PortalUnreachable,
+    WwidInUse,
+)
 from hostagent.health import (
     AttachmentObservation,
     MapObservation,
@@ -25,7 +31,7 @@ from hostagent.health import (
     plan_heal,
 )
 from hostagent.host.iscsiadm import IscsiErr
-from hostagent.models import Claims, PathInfo, Status
+from hostagent.models import Claims, PathInfo, Portal, Status
 from tests.unit.iscsihost import IQN, K2, P1, P2, WWID, Agent, Host, info, k2
 
 OTHER = "36001405" + "fedcba9876543210fedcba987"
@@ -281,3 +287,41 @@ def test_claimed_disks_are_never_deleted(tmp_path: Path) -> None:
         [PathInfo("", keep)], WWID, claims=Claims(hctls=frozenset({keep})), warnings=warnings))
     assert host.fs.exists(f"/sys/class/scsi_device/{keep}")
     assert warnings == [f"{keep} is another live attachment's disk: left alone"]
+
+
+# ---- 8. another iface's node records, and iscsiadm's own lock -------------------------
+
+def test_another_ifaces_flat_record_is_never_taken_edited_or_removed(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    theirs = host.record(IQN, P1)
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    theirs.write_text("node.name = theirs\niface.iscsi_ifacename = default\n")
+    adm = host.connector.iscsiadm
+    assert not adm.has_node(IQN, Portal.parse(P1))
+    with pytest.raises(HostCommandError):
+        asyncio.run(adm.update_node(IQN, Portal.parse(P1), {"node.session.scan": "manual"}))
+    asyncio.run(adm.delete_nodes(IQN))
+    assert theirs.read_text() == "node.name = theirs\niface.iscsi_ifacename = default\n"
+
+
+def test_record_edits_wait_for_iscsiadms_node_db_lock(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    host.kernel.luns[(IQN, 0)] = WWID
+    held = host.kernel.p("/run/lock/iscsi/lock.write")
+    held.parent.mkdir(parents=True)
+    held.write_text("")  # an iscsiadm is writing records
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            held.unlink()  # that iscsiadm is done
+        await asyncio.sleep(0)
+
+    host.clock.sleep = sleep  # type: ignore[method-assign]
+    host.expect_new_node(IQN, P1)
+    asyncio.run(host.connector.iscsiadm.create_node(IQN, Portal.parse(P1),
+                                                    {"node.session.scan": "manual"}))
+    assert sleeps == [0.01, 0.01, 0.01]
+    assert "node.session.scan = manual" in host.record(IQN, P1).read_text()
+    assert not held.exists()  # ours was released too
