@@ -23,9 +23,9 @@ from hostagent.errors import (
     WwidInUse,
     WwnMismatch,
 )
-from hostagent.host import scsi
+from hostagent.host import proc, scsi
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
-from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, HostFS, dev_node
+from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, UDEV_DB, HostFS, dev_node
 from hostagent.host.multipath import Multipath
 from hostagent.host.udev import Udev, block_initialized
 from hostagent.models import NO_CLAIMS, Claims, DetachResult, Device, IscsiTarget, PathInfo
@@ -91,7 +91,7 @@ class Devices:
         if self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
             # A leftover, possibly of a LUN id the array has since given to another
             # volume: its cached identity cannot be trusted, so it is scanned anew.
-            scsi.delete_device(self.fs, hctl)
+            await self._delete([hctl], "the leftover disk")
         scsi.scan_lun(self.fs, host, channel, target_id, lun)
         return await self._wait_disk(hctl, not_found), True
 
@@ -253,15 +253,30 @@ class Devices:
                 if attempt + 1 < self.remove_attempts:
                     await self.clock.sleep(0.2 * (attempt + 1))  # udev/blkid hold it briefly
         else:
+            held = self.held_by(dm)
             if not force:
-                raise DeviceBusy(f"multipath map {wwid} ({dm}) stays in use", wwid=wwid, dm=dm)
+                raise DeviceBusy(f"multipath map {wwid} ({dm}) stays in use{held}", wwid=wwid,
+                                 dm=dm)
             await self.multipath.force_remove(wwid)
             if warnings is not None:
-                warnings.append(f"map {wwid} was in use; removed by force: data may be lost")
-            await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
+                warnings.append(f"map {wwid} ({dm}) was in use{held}: its I/O now fails and "
+                                "it goes when its holder closes it; data may be lost")
+            # No wait for the map: it stays until its holder closes it, but it holds
+            # no disk any more, so the paths and sessions go now.
+            await self.udev.wait(lambda: not self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves") or None,
+                                 timeout=self.device_timeout, what=f"map {wwid} to let go")
             return True
         await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
         return False
+
+    def held_by(self, dm: str) -> str:
+        """Who holds a map open, in words for an answer."""
+        pids = proc.openers(self.fs, dev_node(dm))
+        devno = (self.fs.try_read(f"{SYS_BLOCK}/{dm}/dev") or "").strip()
+        mounts = proc.mount_points(self.fs, devno) if devno else []
+        parts = ([f"processes {', '.join(map(str, pids))}"] if pids else []) + \
+            ([f"mounted at {', '.join(mounts)}"] if mounts else [])
+        return f" (held by {'; '.join(parts)})" if parts else ""
 
     async def delete_disks(self, paths: Sequence[PathInfo], wwid: str, *,
                            claims: Claims = NO_CLAIMS,
@@ -279,13 +294,24 @@ class Devices:
             elif now != wwid:
                 skipped = f"{p.hctl} now reports {now or 'no WWID'}, not {wwid}: left alone"
             else:
-                # Deleting a SCSI device is synchronous; the wait covers udev's removal.
-                scsi.delete_device(self.fs, p.hctl)
-                gone.append(f"{SYS_CLASS}/scsi_device/{p.hctl}")
+                gone.append(p.hctl)
                 continue
             if warnings is not None:
                 warnings.append(skipped)
-        await self.wait_gone(gone, "the disks")
+        await self._delete(gone, "the disks")
+
+    async def _delete(self, hctls: Sequence[str], what: str) -> None:
+        """Delete SCSI devices and wait until udev has processed their removal: the
+        kernel gives the next disk the same sd name and device number, so a database
+        entry left from the old one would pass for the new one's."""
+        entries = []
+        for hctl in hctls:
+            sd = scsi.disk_of(self.fs, hctl)
+            dev = self.fs.try_read(f"{SYS_CLASS}/block/{sd}/dev") if sd else None
+            if dev:
+                entries.append(f"{UDEV_DB}/b{dev.strip()}")
+            scsi.delete_device(self.fs, hctl)  # synchronous in the kernel
+        await self.wait_gone([*(f"{SYS_CLASS}/scsi_device/{h}" for h in hctls), *entries], what)
 
     async def wait_gone(self, sys_paths: list[str], what: str) -> None:
         await self.udev.wait(lambda: not any(self.fs.exists(p) for p in sys_paths) or None,

@@ -153,11 +153,14 @@ class Multipath:
             raise DeviceBusy(f"multipathd could not remove map {wwid} (in use?)", wwid=wwid)
 
     async def force_remove(self, wwid: str) -> None:
-        """Last resort of a forced detach: the map's table goes to error, then away."""
+        """Last resort of a forced detach of a map still open: queueing off (in
+        multipathd too, so a reload it makes cannot queue again), the table replaced
+        by one that fails every I/O at once (its holder gets EIO instead of hanging),
+        and the map's removal deferred until its last close."""
         await self.client.command(f"disablequeueing map {wwid}", timeout=self.timeout)
         if self.executor is None:
             raise DeviceBusy(f"map {wwid} is in use and no executor can force it", wwid=wwid)
-        await self.executor.run(["dmsetup", "remove", "--force", "--retry", wwid],
+        await self.executor.run(["dmsetup", "remove", "--force", "--deferred", wwid],
                                 ok_codes=(0, 1), timeout=self.timeout)
 
     async def resize(self, wwid: str) -> None:

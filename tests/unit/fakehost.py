@@ -36,6 +36,9 @@ class FakeKernel:
     sizes: dict[str, int] = field(default_factory=dict)  # wwid -> bytes
     flushed: list[str] = field(default_factory=list)
     _next_ctlr: int = 0
+    # Udev's work the kernel queued, in event order: each is (database entry, whether
+    # udev creates it (add) or removes it (remove)). FakeUdev does it while waited on.
+    udev_pending: list[tuple[Path, bool]] = field(default_factory=list)
     first_host: int = 3  # hosts 0-2 are the guest's other controllers
 
     # Linux hands a new SCSI host, disk or map the lowest free number (an ida), so
@@ -122,7 +125,7 @@ class FakeKernel:
         _link(self.p(f"/sys/class/scsi_device/{hctl}/device"), self.p(devdir))
         for cls in ("/sys/class/block", "/sys/block"):
             _link(self.p(f"{cls}/{sd}"), self.p(f"{devdir}/block/{sd}"))
-        self.write(f"/run/udev/data/b8:{index * 16}")
+        self.udev_pending.append((self.p(f"/run/udev/data/b8:{index * 16}"), True))
         self.write(f"/dev/{sd}")
         return sd
 
@@ -130,8 +133,11 @@ class FakeKernel:
         dev = Path(os.path.realpath(self.p(f"/sys/class/scsi_device/{hctl}/device")))
         for sd in os.listdir(dev / "block"):
             assert not os.listdir(dev / "block" / sd / "holders"), f"{sd} still held"
-            # udev processes the removal: the database entry and the node go.
-            self.p(f"/run/udev/data/b{(dev / 'block' / sd / 'dev').read_text()}").unlink()
+            # udev processes the removal later, while someone waits for udev: until
+            # then the old disk's database entry is still there (stale).
+            self.udev_pending.append((self.p(f"/run/udev/data/b"
+                                             f"{(dev / 'block' / sd / 'dev').read_text()}"),
+                                      False))
             for cls in ("/sys/class/block", "/sys/block"):
                 os.unlink(self.p(f"{cls}/{sd}"))
             self.p(f"/dev/{sd}").unlink()
@@ -236,6 +242,15 @@ class FakeKernel:
         _link(self.p(f"/sys/block/{dm}/slaves/{sd}"), self.p(f"/sys/class/block/{sd}"))
         _link(self.p(f"/sys/class/block/{sd}/holders/{dm}"), self.p(f"/sys/block/{dm}"))
 
+    def error_table(self, wwid: str) -> None:
+        """`dmsetup remove --force --deferred` of an open map: its table fails all I/O
+        (it holds no disk any more) and the map stays until its last close."""
+        dm = self.dm_of(wwid)
+        assert dm is not None, f"no map {wwid}"
+        for sd in os.listdir(self.p(f"/sys/block/{dm}/slaves")):
+            os.unlink(self.p(f"/sys/class/block/{sd}/holders/{dm}"))
+            os.unlink(self.p(f"/sys/block/{dm}/slaves/{sd}"))
+
     def remove_map(self, wwid: str) -> bool:
         dm = self.dm_of(wwid)
         if dm is None:
@@ -323,18 +338,37 @@ class FakeHostFS(HostFS):
 
 
 class FakeUdev:
-    """The fake kernel acts synchronously, so a wait that is not satisfied at once
-    would never be: it fails at once instead of sleeping."""
+    """The fake kernel acts synchronously, so a wait that is not satisfied once udev
+    has caught up would never be: it fails at once instead of sleeping. Udev
+    catches up on what the kernel queued (FakeKernel.udev_pending) during a wait."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: FakeKernel | None = None) -> None:
+        self.kernel = kernel
         self.waits: list[str] = []
 
     async def wait(self, check: Callable[[], T | None], *, timeout: float, what: str) -> T:
         self.waits.append(what)
+        # Checked before udev catches up, as PyudevWatcher does: a stale entry passes.
+        value = check()
+        if value:
+            return value
+        self.settle()
         value = check()
         if not value:
             raise DeviceTimeout(f"fake udev: {what} never happens", waited_for=what)
         return value
+
+    def settle(self) -> None:
+        """What `udevadm settle` waits for: every queued event processed, in order."""
+        if self.kernel is None:
+            return
+        for entry, added in self.kernel.udev_pending:
+            if added:
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                entry.write_text("")
+            else:
+                entry.unlink(missing_ok=True)
+        self.kernel.udev_pending.clear()
 
 
 class FakeMultipathd:

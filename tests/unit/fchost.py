@@ -27,7 +27,7 @@ class Host:
         self.fs = FakeHostFS(self.kernel)
         self.executor = FakeExecutor()
         self.mpd = FakeMultipathd(self.kernel)
-        self.udev = FakeUdev()
+        self.udev = FakeUdev(self.kernel)
         self.connector = FcConnector(self.executor, self.fs, self.udev, self.mpd,
                                      options=options)
 

@@ -30,7 +30,7 @@ class Host:
         self.executor = FakeExecutor()
         self.mpd = FakeMultipathd(self.kernel)
         self.clock = FakeClock()
-        self.connector = IscsiConnector(self.executor, self.fs, FakeUdev(), self.mpd,
+        self.connector = IscsiConnector(self.executor, self.fs, FakeUdev(self.kernel), self.mpd,
                                         clock=self.clock)
         self.kernel.write("/etc/iscsi/ifaces/hostagent", "iface.iscsi_ifacename = hostagent\n")
 

@@ -57,7 +57,8 @@ def attached_host(tmp_path: Path, clock: FakeClock, refusals: int) -> tuple[Host
     """A Datera volume attached over two portals, its map refused `refusals` times."""
     host = Host(tmp_path)
     host.mpd = HeldMultipathd(host.kernel, refusals)
-    host.connector = IscsiConnector(host.executor, host.fs, FakeUdev(), host.mpd, clock=clock)
+    host.connector = IscsiConnector(host.executor, host.fs, FakeUdev(host.kernel), host.mpd,
+                                    clock=clock)
     host.kernel.luns[(IQN, 0)] = WWID
     for p in (P1, P2):
         host.expect_new_node(IQN, p)

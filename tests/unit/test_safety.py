@@ -325,3 +325,46 @@ def test_record_edits_wait_for_iscsiadms_node_db_lock(tmp_path: Path) -> None:
     assert sleeps == [0.01, 0.01, 0.01]
     assert "node.session.scan = manual" in host.record(IQN, P1).read_text()
     assert not held.exists()  # ours was released too
+
+
+# ---- 13. a forced detach of a map still open --------------------------------------------------
+
+def test_a_forced_detach_of_an_open_map_completes_and_names_its_holder(agent: Agent) -> None:
+    agent.expect_attach()
+    att, _ = agent.attach("a1", info())
+    assert att.device is not None
+    kernel = agent.host.kernel
+    dm = kernel.dm_of(WWID)
+    agent.host.mpd.busy.add(WWID)  # process 4242 holds the map open
+    fd = kernel.p("/proc/4242/fd/3")
+    fd.parent.mkdir(parents=True)
+    fd.symlink_to(kernel.p(f"/dev/{dm}"))
+    agent.host.executor.expect(["dmsetup", "remove", "--force", "--deferred", WWID],
+                               side_effect=lambda: kernel.error_table(WWID))
+    agent.expect_release()
+    gone = asyncio.run(agent.service.detach("a1", force=True))
+    agent.host.executor.assert_done()
+    assert gone.status == Status.DETACHED
+    assert gone.last_error is not None and gone.last_error["code"] == "forced"
+    assert "held by processes 4242" in gone.last_error["message"]
+    assert "data may be lost" in gone.last_error["message"]
+    assert kernel.disks_on(3) == [] and kernel.disks_on(4) == []
+    assert kernel.dm_of(WWID) == dm  # it goes when process 4242 closes it
+    assert f"disablequeueing map {WWID}" in agent.host.mpd.commands
+
+
+# ---- 7. a rescan right after a delete -----------------------------------------------------
+
+def test_a_disk_scanned_anew_is_awaited_past_the_old_ones_udev_entry(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    kernel = host.kernel
+    kernel.luns[(IQN, 0)] = WWID
+    h = kernel.add_session(IQN, P1)
+    old = kernel.add_disk(h, 0, WWID)  # a leftover nobody holds
+    udev = host.connector.devices.udev
+    udev.settle()  # type: ignore[attr-defined]
+    sd, created = asyncio.run(host.connector.devices.scan(
+        f"{h}:0:0:0", lambda: AssertionError("no LUN")))  # type: ignore[arg-type, return-value]
+    assert created and sd == old  # Linux gave the new disk the old name (and dev number)
+    # Returned only once udev had processed the old disk's removal and the new one's add.
+    assert kernel.udev_pending == []
