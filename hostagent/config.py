@@ -34,6 +34,7 @@ class Config:
     lock_path: str = f"{RUN_HOSTAGENT}/locks"  # oslo.concurrency file locks, per target
     engine: str = "native"
     multipath: bool = True
+    restore: bool = True  # attached volumes gone at start-up (a reboot) are made again
     log_level: str = "INFO"
     max_body_bytes: int = 64 * 1024
     # [iscsi]
@@ -148,6 +149,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "lock_path": ("lock_path", _path),
         "engine": ("engine", _choice(*ENGINES)),
         "multipath": ("multipath", _bool),
+        "restore": ("restore", _bool),
         "log_level": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
         "max_body_bytes": ("max_body_bytes", _count),
     },

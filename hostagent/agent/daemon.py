@@ -23,6 +23,7 @@ from aiohttp import web
 from hostagent import __version__, config
 from hostagent.agent import crashhook, logs
 from hostagent.agent.metrics import Metrics, report_preflight
+from hostagent.agent.restore import Restorer
 from hostagent.agent.service import Service
 from hostagent.agent.state import Store, claim_directory
 from hostagent.api.app import make_app
@@ -90,7 +91,8 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
                       attach_timeout=cfg.attach_timeout, detach_timeout=cfg.detach_timeout,
                       detached_retention=cfg.detached_retention,
                       observe=metrics.observe_operation,
-                      on_phase=hook.phase if hook is not None else None)
+                      on_phase=hook.phase if hook is not None else None,
+                      restore=cfg.restore)
     health = HealthMonitor(service, fs, multipathd, metrics=metrics, clock=clock,
                            command_timeout=cfg.command_timeout, options=HealthOptions(
                                interval=cfg.health_interval, self_heal=cfg.self_heal,
@@ -157,6 +159,8 @@ async def serve(cfg: Config) -> None:
     secure_socket(cfg)
     log.info("hostagent %s serving on %s (engine %s, multipath %s)", __version__, cfg.socket,
              cfg.engine, "on" if cfg.multipath else "off")
+    # While the API serves: a restore waits on the array, and `hostagent-cli wait` asks.
+    restoring = asyncio.ensure_future(Restorer(agent.service).run())
     if agent.health is not None:  # after reconcile: only settled attachments are checked
         agent.health.start()
     stop = asyncio.Event()
@@ -165,6 +169,8 @@ async def serve(cfg: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: waiting for running operations")
+    restoring.cancel()  # an unfinished restore is started again at the next start
+    await asyncio.gather(restoring, return_exceptions=True)
     if agent.health is not None:
         await agent.health.stop()
     await runner.cleanup()

@@ -55,6 +55,7 @@ REDACTED = "***"
 SECRET_KEYS = frozenset({"auth_password", "auth_password_in", "discovery_auth_password",
                          "discovery_auth_password_in"})
 _LIVE = (Status.ATTACHING, Status.ATTACHED, Status.DETACHING)
+RESTORING = "restoring"  # the phase of an attached volume being made again at start-up
 # What another teardown must leave alone: a detaching attachment is on its way out.
 _CLAIMING = (Status.ATTACHING, Status.ATTACHED)
 
@@ -112,8 +113,9 @@ class Service:
                  multipath: bool = True, attach_timeout: float = 180.0,
                  detach_timeout: float = 180.0, detached_retention: float = 86400.0,
                  observe: Callable[[str, float, bool], None] | None = None,
-                 on_phase: Callable[[str], None] | None = None) -> None:
+                 on_phase: Callable[[str], None] | None = None, restore: bool = True) -> None:
         self.store = store
+        self.restore = restore  # attached volumes gone at start-up are made again
         self.connectors = connectors
         self.multipath = multipath
         self.attach_timeout = attach_timeout
@@ -147,7 +149,7 @@ class Service:
                            "multipath": req.multipath}, sort_keys=True, separators=(",", ":"))
         return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
 
-    def _connector(self, protocol: str) -> Connector:
+    def engine_for(self, protocol: str) -> Connector:
         connector = self.connectors.get(protocol)
         if connector is None:
             raise InvalidRequest("connection_info.driver_volume_type",
@@ -158,7 +160,7 @@ class Service:
     # ---- attach ------------------------------------------------------------------
     async def attach(self, req: AttachRequest) -> tuple[Attachment, bool]:
         """The attachment, and whether this call made it (False: a retry's answer)."""
-        connector = self._connector(protocol_of(req.spec))
+        connector = self.engine_for(protocol_of(req.spec))
         digest = self.digest(req)
         async with self._lock(req.attachment_id):
             existing = self.store.get(req.attachment_id)
@@ -195,7 +197,7 @@ class Service:
             async with asyncio.timeout(req.timeout):
                 device = await connector.attach(req.spec, multipath=req.multipath,
                                                 progress=self._progress(att_id),
-                                                claims=self._claims(att_id))
+                                                claims=self.claims_for(att_id))
         except TimeoutError:
             err: HostAgentError = DeviceTimeout(
                 f"the attach did not finish within {req.timeout:g} s; what it did was undone",
@@ -218,7 +220,7 @@ class Service:
             att = self.get(attachment_id)
             if att.status == Status.DETACHED:
                 return att  # a retried detach: already done
-            connector = self._connector(att.protocol)
+            connector = self.engine_for(att.protocol)
             self.store.update(attachment_id, status=Status.DETACHING, force=force,
                               phase="starting")
             log.info("detach %s%s", attachment_id, " (force)" if force else "")
@@ -227,7 +229,7 @@ class Service:
     async def _detach(self, connector: Connector, att: Attachment, force: bool) -> Attachment:
         spec = parse(att.connection_info)
         sharer = self._sharer(att.id, spec)
-        claims = self._claims(att.id)
+        claims = self.claims_for(att.id)
         try:
             async with asyncio.timeout(self.detach_timeout):
                 warnings: tuple[str, ...] = ()
@@ -274,7 +276,7 @@ class Service:
             if att.status != Status.ATTACHED or att.device is None:
                 raise Conflict(f"attachment {attachment_id} is {att.status.value}, not attached",
                                status=att.status.value)
-            connector = self._connector(att.protocol)
+            connector = self.engine_for(att.protocol)
             device = att.device
             size = await self._timed("extend", connector.extend(parse(att.connection_info),
                                                                 device))
@@ -302,7 +304,7 @@ class Service:
         Only hostagent's own records are acted on, and through them only its own
         sessions (its iface), its disks and its maps.
         """
-        counts = {"rolled_back": 0, "detached": 0, "vanished": 0, "failed": 0}
+        counts = {"rolled_back": 0, "detached": 0, "vanished": 0, "restoring": 0, "failed": 0}
         self.store.purge_detached(time.time() - self.detached_retention)
         for att in self.store.list():
             try:
@@ -313,12 +315,17 @@ class Service:
                     await self.detach(att.id, force=att.force)
                     counts["detached"] += 1
                 elif att.status == Status.ATTACHED and att.device is not None and \
-                        not self._connector(att.protocol).present(att.device):
+                        not self.engine_for(att.protocol).present(att.device):
                     err = DeviceVanished(f"{att.device.path} ({att.device.wwn}) is gone",
                                          device=att.device.path, wwn=att.device.wwn)
-                    self.store.update(att.id, status=Status.FAILED, last_error=err.to_dict())
+                    if self.restore:  # made again once the API serves (agent/restore.py)
+                        self.store.update(att.id, phase=RESTORING, last_error=err.to_dict())
+                        counts["restoring"] += 1
+                    else:
+                        self.store.update(att.id, status=Status.FAILED,
+                                          last_error=err.to_dict())
+                        counts["vanished"] += 1
                     log.warning("reconcile %s: %s", att.id, err.message)
-                    counts["vanished"] += 1
             except Exception as exc:  # one attachment's trouble must not stop the rest
                 self._reconcile_failed(att, exc)
                 counts["failed"] += 1
@@ -335,8 +342,8 @@ class Service:
         async with self._lock(att.id):
             log.warning("reconcile %s: the attach was interrupted; undoing it", att.id)
             self.store.update(att.id, phase="rolling back")
-            await self._connector(att.protocol).recover(parse(att.connection_info),
-                                                        self._claims(att.id))
+            await self.engine_for(att.protocol).recover(parse(att.connection_info),
+                                                        self.claims_for(att.id))
             self.store.update(att.id, status=Status.FAILED, phase=None, last_error={
                 "code": "interrupted", "details": {},
                 "message": "the agent stopped during the attach; what it had done was undone"})
@@ -347,7 +354,7 @@ class Service:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---- helpers -------------------------------------------------------------------
-    def _claims(self, attachment_id: str) -> ClaimsSource:
+    def claims_for(self, attachment_id: str) -> ClaimsSource:
         """What every other live attachment owns, read from the store when asked."""
         def read() -> Claims:
             return claims_of(a for a in self.store.list()

@@ -33,6 +33,13 @@ class Connector(Protocol):
 
     async def extend(self, spec: VolumeSpec, device: Device) -> int: ...
 
+    async def restore(self, spec: VolumeSpec, device: Device, *,
+                      progress: Progress = no_progress,
+                      claims: ClaimsSource = no_claims) -> Device:
+        """Make a recorded device again (after a reboot) from what the host keeps; a
+        WWID other than the recorded one is never accepted."""
+        ...
+
     async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
         """Undo an attach that was cut off by a crash, from its spec alone."""
         ...

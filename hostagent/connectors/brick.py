@@ -36,6 +36,7 @@ from hostagent.errors import (
     LoginFailed,
     NoPath,
     WwidInUse,
+    WwnMismatch,
 )
 from hostagent.host import scsi
 from hostagent.host.fs import SYS_BLOCK, HostFS, dev_node
@@ -295,6 +296,22 @@ class BrickConnector:
         # os-brick with force ignores flush errors and says nothing of them.
         warnings = ("forced through os-brick: data may be lost if the flush failed",)
         return DetachResult(force, warnings if force else ())
+
+    async def restore(self, spec: VolumeSpec, device: Device, *,
+                      progress: Progress = no_progress,
+                      claims: ClaimsSource = no_claims) -> Device:
+        """os-brick logs in from connection_info alone, and the store keeps none of its
+        secrets: a CHAP volume cannot be restored by this engine."""
+        if isinstance(spec, IscsiVolume) and (spec.chap or spec.discovery_chap):
+            raise LoginFailed("the os-brick engine cannot log in again: the CHAP secrets "
+                              "are not stored (attach the volume anew)")
+        restored = await self.attach(spec, multipath=device.multipath, progress=progress,
+                                     claims=claims)
+        if restored.wwn != device.wwn:
+            await self.detach(spec, restored, claims=claims)
+            raise WwnMismatch(f"the volume now reports WWID {restored.wwn}, not the recorded "
+                              f"{device.wwn}", wwid=restored.wwn, expected=device.wwn)
+        return restored
 
     async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
         """os-brick finds the volume's devices from its properties alone."""

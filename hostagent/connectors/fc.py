@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hostagent.connectors.base import PathRepair, Progress, host_properties, no_progress
@@ -183,6 +183,15 @@ class FcConnector:
             except BaseException:
                 await self.devices.rollback(paths, claims=claims())
                 raise
+
+    async def restore(self, spec: VolumeSpec, device: Device, *,
+                      progress: Progress = no_progress,
+                      claims: ClaimsSource = no_claims) -> Device:
+        """The device made again (after a reboot) by a targeted scan of the recorded
+        targets; every path must report the recorded WWID."""
+        vol = replace(_expect_fc(spec), expected_wwn=device.wwn)
+        return await self.attach(vol, multipath=device.multipath, progress=progress,
+                                 claims=claims)
 
     async def _connect(self, pair: _Pair, vol: FcVolume, progress: Progress) -> ScsiPath:
         lun = fc.kernel_lun(vol.lun, vol.addressing_mode)

@@ -112,28 +112,45 @@ class IscsiConnector:
         vol = _expect_iscsi(spec)
         await self.iscsiadm.ensure_iface()
         targets = await self._resolve(vol, multipath, progress)
+        return await self._make(vol, targets, multipath, progress, claims, restoring=False)
+
+    async def restore(self, spec: VolumeSpec, device: Device, *,
+                      progress: Progress = no_progress,
+                      claims: ClaimsSource = no_claims) -> Device:
+        """The device of an attachment recorded attached, made again (after a reboot)
+        from hostagent's own node records, which hold the CHAP settings the store
+        does not: no record is made, changed or removed, and every path must report
+        the recorded WWID."""
+        vol = replace(_expect_iscsi(spec), expected_wwn=device.wwn)
+        await self.iscsiadm.ensure_iface()
+        targets = device.iscsi_targets or _unique(vol.targets)
+        return await self._make(vol, targets, device.multipath, progress, claims,
+                                restoring=True)
+
+    async def _make(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...], multipath: bool,
+                    progress: Progress, claims: ClaimsSource, *, restoring: bool) -> Device:
+        connect = functools.partial(self._connect, vol=vol, progress=progress,
+                                    restoring=restoring)
         async with self.locks.hold(t.iqn for t in targets):
             progress("logging in")
             try:
                 if multipath:
-                    outcomes = await asyncio.gather(
-                        *(self._connect(t, vol, progress) for t in targets),
-                        return_exceptions=True)
+                    outcomes = await asyncio.gather(*(connect(t) for t in targets),
+                                                    return_exceptions=True)
                 else:
-                    outcomes = await first_path(
-                        functools.partial(self._connect, t, vol, progress) for t in targets)
+                    outcomes = await first_path(functools.partial(connect, t) for t in targets)
                 failures = path_failures([str(t.portal) for t in targets], outcomes)
             except BaseException:
                 # Cut off mid-login (a timeout, a shutdown), or a bug: a path may be half
                 # made, so what exists is found anew rather than taken from outcomes.
-                await self._undo(vol, targets, claims)
+                await self._undo(vol, targets, claims, keep_records=restoring)
                 raise
             paths = [o for o in outcomes if isinstance(o, ScsiPath)]
             try:
                 return await self._finish(vol, targets, paths, failures, multipath, progress,
                                           claims)
             except BaseException:
-                await self._rollback(targets, paths, claims)
+                await self._rollback(targets, paths, claims, keep_records=restoring)
                 raise
 
     async def _resolve(self, vol: IscsiVolume, multipath: bool,
@@ -152,18 +169,22 @@ class IscsiConnector:
                               listed=sorted({d.iqn for d in found}))
         return targets
 
-    async def _connect(self, target: IscsiTarget, vol: IscsiVolume,
-                       progress: Progress) -> ScsiPath:
+    async def _connect(self, target: IscsiTarget, *, vol: IscsiVolume, progress: Progress,
+                       restoring: bool) -> ScsiPath:
         iqn, portal = target.iqn, target.portal
         session = self.session(iqn, str(portal))
         if session is None:
             self.backoff.check(str(portal))
-            settings = self._node_settings(vol.chap)
-            if self.iscsiadm.has_node(iqn, portal):
+            if restoring:
+                if not self.iscsiadm.has_node(iqn, portal):
+                    # The secrets are not stored, so the record cannot be made anew.
+                    raise LoginFailed(f"no node record of ours for {iqn} at {portal}",
+                                      iqn=iqn, portal=str(portal))
+            elif self.iscsiadm.has_node(iqn, portal):
                 # Our record from an earlier attach: credentials may have changed.
-                await self.iscsiadm.update_node(iqn, portal, settings)
+                await self.iscsiadm.update_node(iqn, portal, self._node_settings(vol.chap))
             else:
-                await self.iscsiadm.create_node(iqn, portal, settings)
+                await self.iscsiadm.create_node(iqn, portal, self._node_settings(vol.chap))
             await self._login(target, vol)
             session = self.session(iqn, str(portal))
             if session is None:
@@ -222,9 +243,9 @@ class IscsiConnector:
                                          iscsi_targets=targets, claims=claims())
 
     async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[ScsiPath],
-                        claims: ClaimsSource) -> None:
+                        claims: ClaimsSource, *, keep_records: bool = False) -> None:
         await self.devices.rollback(paths, claims=claims())
-        await self._release_sessions(targets, claims)
+        await self._release_sessions(targets, claims, keep_records=keep_records)
 
     # ---- recovery after a crash ---------------------------------------------------
     async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
@@ -239,7 +260,7 @@ class IscsiConnector:
             await self._undo(vol, vol.targets, claims)
 
     async def _undo(self, vol: IscsiVolume, targets: Sequence[IscsiTarget],
-                    claims: ClaimsSource) -> None:
+                    claims: ClaimsSource, *, keep_records: bool = False) -> None:
         """What exists of `vol` on our sessions goes: its disks and map, then the
         sessions and node records of its targets that no other LUN uses."""
         lun_of = {t.iqn: t.lun for t in vol.targets}
@@ -255,7 +276,8 @@ class IscsiConnector:
             *targets,
             *(IscsiTarget(s.portal, s.iqn, lun_of[s.iqn]) for s in sessions),
             *(IscsiTarget(p, iqn, lun) for iqn, lun in lun_of.items()
-              for p in self.iscsiadm.node_portals(iqn))]), paths, claims)
+              for p in self.iscsiadm.node_portals(iqn))]), paths, claims,
+            keep_records=keep_records)
         self.devices.forget_unmapped(paths)
 
     def present(self, device: Device) -> bool:
@@ -275,16 +297,20 @@ class IscsiConnector:
             await self._release_sessions(targets, claims)
             return result
 
-    async def _release_sessions(self, targets: Sequence[IscsiTarget], claims: ClaimsSource) -> None:
+    async def _release_sessions(self, targets: Sequence[IscsiTarget], claims: ClaimsSource,
+                                *, keep_records: bool = False) -> None:
         """Log out and forget only what no other LUN and no other live attachment
-        still uses (K2 shares one IQN), as plan_release decides."""
+        still uses (K2 shares one IQN), as plan_release decides. `keep_records`: a
+        restore that failed keeps the records, the only copy of the CHAP settings."""
         portals: dict[str, list[Portal]] = {}
         for t in targets:
             portals.setdefault(t.iqn, []).append(t.portal)
-        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)), claims)
+        await asyncio.gather(*(self._release(iqn, list(dict.fromkeys(wanted)), claims,
+                                             keep_records)
                                for iqn, wanted in portals.items()))
 
-    async def _release(self, iqn: str, portals: list[Portal], claims: ClaimsSource) -> None:
+    async def _release(self, iqn: str, portals: list[Portal], claims: ClaimsSource,
+                       keep_records: bool) -> None:
         # Read right before the logout: what holds a disk now, not at attach.
         sessions = [s for s in scsi.iscsi_sessions(self.fs, iqn)
                     if s.iface == self.options.iface]
@@ -294,12 +320,14 @@ class IscsiConnector:
         if plan.whole:
             if sessions:
                 await self.iscsiadm.logout(iqn)
-            await self.iscsiadm.delete_nodes(iqn)
+            if not keep_records:
+                await self.iscsiadm.delete_nodes(iqn)
             return
         logged_in = {s.portal for s in sessions}
         await asyncio.gather(*(self.iscsiadm.logout(iqn, p) for p in plan.portals
                                if p in logged_in))
-        await self.iscsiadm.delete_nodes(iqn, plan.portals)
+        if not keep_records:
+            await self.iscsiadm.delete_nodes(iqn, plan.portals)
 
     # ---- extend ----------------------------------------------------------------
     async def extend(self, spec: VolumeSpec, device: Device) -> int:

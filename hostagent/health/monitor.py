@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hostagent.agent.metrics import Metrics
-from hostagent.agent.service import Service
+from hostagent.agent.service import RESTORING, Service
 from hostagent.health.heal import Healer, HealOutcome
 from hostagent.health.observe import Observer, Prober
 from hostagent.health.verdict import (
@@ -81,7 +81,8 @@ class HealthMonitor:
             snap = await self.observer.snapshot()
             observations = [self.observer.observe(att, att.device, snap, self._iface(att))
                             for att in self.service.list()
-                            if att.status == Status.ATTACHED and att.device is not None]
+                            if att.status == Status.ATTACHED and att.device is not None
+                            and att.phase != RESTORING]  # not yet made again
             if self.options.probe:
                 results = await asyncio.gather(*(self.prober.probe(o.device)
                                                   for o in observations))

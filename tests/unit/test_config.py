@@ -74,6 +74,7 @@ state_dir = /srv/ha/state
 lock_path = /srv/ha/locks
 engine = os-brick
 multipath = off
+restore = off
 log_level = DEBUG
 max_body_bytes = 0x2000
 
@@ -106,7 +107,7 @@ def test_every_option_parses_with_its_type(tmp_path: Path) -> None:
         socket="/srv/ha/agent.sock", socket_group="storage", socket_mode=0o640,
         allowed_users=("nova", "1001", "cinder"), allowed_groups=("disk", "6"),
         state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="os-brick",
-        multipath=False, log_level="DEBUG", max_body_bytes=8192,
+        multipath=False, restore=False, log_level="DEBUG", max_body_bytes=8192,
         iface="san0", login_timeout=7, login_attempts=3, portal_retry_interval=0.0,
         attach_timeout=300.0, detach_timeout=90.5, device_timeout=12.0, command_timeout=0.25,
         max_parallel_commands=4, detached_retention=3600.0, health_interval=5.0,

@@ -140,9 +140,9 @@ def test_extend_records_the_new_size(agent: Agent) -> None:
 
 # ---- reconcile ---------------------------------------------------------------------
 
-def restart(agent: Agent) -> Service:
+def restart(agent: Agent, *, restore: bool = False) -> Service:
     """A new service over the same store and host, as after a crash."""
-    return Service(Store(agent.state_dir), {ISCSI: agent.host.connector})
+    return Service(Store(agent.state_dir), {ISCSI: agent.host.connector}, restore=restore)
 
 
 def test_reconcile_undoes_an_interrupted_attach(agent: Agent) -> None:
@@ -187,7 +187,8 @@ def test_reconcile_marks_a_vanished_device_and_leaves_others_alone(agent: Agent)
     assert k2.device is not None
     agent.host.kernel.remove_map(k2.device.wwn)
     counts = asyncio.run(restart(agent).reconcile())
-    assert counts == {"rolled_back": 0, "detached": 0, "vanished": 1, "failed": 0}
+    assert counts == {"rolled_back": 0, "detached": 0, "vanished": 1, "restoring": 0,
+                      "failed": 0}
     a1, a2 = agent.store.get("a1"), agent.store.get("a2")
     assert a1 is not None and a1.status == Status.ATTACHED
     assert a2 is not None and a2.status == Status.FAILED
