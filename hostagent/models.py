@@ -114,6 +114,9 @@ class Device:
     # iSCSI: every (portal, iqn, lun) the attach resolved, logged in or not, so a
     # detach cleans them up without asking the array (SendTargets) again.
     iscsi_targets: tuple[IscsiTarget, ...] = ()
+    # A name no other device can get: /dev/disk/by-id/dm-uuid-mpath-<wwid> for a map,
+    # a by-id link of a single-path disk. dm-N and sdX are handed out again.
+    stable_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,9 @@ def no_claims() -> Claims:
 class DetachResult:
     data_may_be_lost: bool = False  # force went on past a failed flush or a busy map
     warnings: tuple[str, ...] = ()
+
+
+RESTORING = "restoring"  # the phase of an attached volume being made again at start-up
 
 
 class Status(StrEnum):
@@ -182,6 +188,7 @@ def device_to_dict(device: Device) -> dict[str, Any]:
                   for p in device.paths],
         "iscsi_targets": [{"portal": str(t.portal), "iqn": t.iqn, "lun": t.lun}
                           for t in device.iscsi_targets],
+        "stable_path": device.stable_path,
     }
 
 
@@ -193,6 +200,7 @@ def device_from_dict(d: dict[str, Any]) -> Device:
                     for p in d["paths"]),
         iscsi_targets=tuple(IscsiTarget(Portal.parse(t["portal"]), t["iqn"], t["lun"])
                             for t in d["iscsi_targets"]),
+        stable_path=d.get("stable_path"),  # absent in rows written before it existed
     )
 
 

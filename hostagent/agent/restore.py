@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hostagent.agent.service import RESTORING, Service
+from hostagent.agent.service import Service
 from hostagent.connection_info import parse
 from hostagent.errors import (
     DeviceTimeout,
@@ -27,7 +27,7 @@ from hostagent.errors import (
     WwnMismatch,
 )
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
-from hostagent.models import Status
+from hostagent.models import RESTORING, Status
 
 log = logging.getLogger("hostagent.restore")
 # The array no longer exports the volume there, or something else is there now.

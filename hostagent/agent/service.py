@@ -37,6 +37,7 @@ from hostagent.errors import (
     OperationInProgress,
 )
 from hostagent.models import (
+    RESTORING,
     Attachment,
     Claims,
     ClaimsSource,
@@ -55,7 +56,6 @@ REDACTED = "***"
 SECRET_KEYS = frozenset({"auth_password", "auth_password_in", "discovery_auth_password",
                          "discovery_auth_password_in"})
 _LIVE = (Status.ATTACHING, Status.ATTACHED, Status.DETACHING)
-RESTORING = "restoring"  # the phase of an attached volume being made again at start-up
 # What another teardown must leave alone: a detaching attachment is on its way out.
 _CLAIMING = (Status.ATTACHING, Status.ATTACHED)
 

@@ -162,7 +162,10 @@ SPEC: dict[str, Any] = {
             "multipath": {"type": "boolean"}, "size_bytes": {"type": "integer"},
             "missing": {"type": "array", "items": {"type": "string"}},
             "paths": {"type": "array", "items": {"$ref": "#/components/schemas/Path"}},
-            "iscsi_targets": {"type": "array", "items": {"type": "object"}}}},
+            "iscsi_targets": {"type": "array", "items": {"type": "object"}},
+            "stable_path": {"type": "string", "nullable": True,
+                            "description": "a name no other device gets (a map's by-id "
+                                           "link dm-uuid-mpath-<wwid>)"}}},
         "Attachment": {"type": "object", "required": ["id", "status"], "properties": {
             "id": {"type": "string"}, "volume_id": {"type": "string", "nullable": True},
             "protocol": {"type": "string", "enum": ["iscsi", "fibre_channel"]},

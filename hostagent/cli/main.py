@@ -24,6 +24,7 @@ from hostagent import __version__
 from hostagent.cli.client import Client, ClientError
 from hostagent.config import Config
 from hostagent.exitcodes import ExitCode, HealthExit
+from hostagent.models import RESTORING
 
 SOCKET_ENV = "HOSTAGENT_SOCKET"
 POLL_INTERVAL = 0.25  # s between progress reads; only while a command waits
@@ -105,7 +106,9 @@ def _describe(att: dict[str, Any]) -> str:
     dev = att.get("device") or {}
     line = f"{att['id']}: {att['status']}"
     if dev:
-        line += f" {dev['path']} wwn {dev['wwn']}, {len(dev['paths'])} path(s)"
+        stable = f"{dev['stable_path']} ({dev['path']})" if dev.get("stable_path") \
+            else dev["path"]
+        line += f" {stable} wwn {dev['wwn']}, {len(dev['paths'])} path(s)"
     if att.get("last_error"):
         line += f" ({att['last_error'].get('code')}: {att['last_error'].get('message')})"
     for missing in dev.get("missing", []):
@@ -241,11 +244,28 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
     if args.command == "list":
         _, answer = client.request("GET", "/v1/attachments")
         return answer, table(answer["attachments"])
+    if args.command == "wait":
+        return _wait_restored(client, args.timeout)
     if args.command == "health":
         _, report = client.request("GET", "/v1/health")
         return report, health_text(report)
     _, props = client.request("GET", "/v1/connector")
     return props, "\n".join(f"{k}: {v}" for k, v in sorted(props.items()))
+
+
+def _wait_restored(client: Client, timeout: float) -> tuple[Any, str]:
+    """Block until no attachment is being restored (after the agent started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, answer = client.request("GET", "/v1/attachments")
+        restoring = [a["id"] for a in answer["attachments"] if a.get("phase") == RESTORING]
+        if not restoring:
+            return answer, table(answer["attachments"])
+        if time.monotonic() > deadline:
+            raise ClientError(f"still restoring after {timeout:g} s: {', '.join(restoring)}",
+                              ExitCode.TIMEOUT, code="timeout",
+                              details={"restoring": restoring})
+        time.sleep(POLL_INTERVAL)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -282,6 +302,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser(name, parents=[common], help=text).add_argument("id")
     sub.add_parser("list", parents=[common], help="attachments as a table")
     sub.add_parser("connector", parents=[common], help="os-brick's connector properties")
+    w = sub.add_parser("wait", parents=[common],
+                       help="block until the volumes the agent restores at start-up are done")
+    w.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     sub.add_parser("health", parents=[common],
                    help="check the attached volumes now (exit 0 healthy, 1 degraded, 2 failed)")
     _local_parsers(sub, common)

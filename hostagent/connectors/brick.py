@@ -39,7 +39,7 @@ from hostagent.errors import (
     WwnMismatch,
 )
 from hostagent.host import scsi
-from hostagent.host.fs import SYS_BLOCK, HostFS, dev_node
+from hostagent.host.fs import DISK_BY_ID, SYS_BLOCK, HostFS, dev_node
 from hostagent.models import (
     Chap,
     ClaimsSource,
@@ -266,9 +266,12 @@ class BrickConnector:
         if not disks:
             raise HostCommandError(f"os-brick gave {info['path']}, which has no disk",
                                    device=str(info["path"]))
+        link = f"{DISK_BY_ID}/dm-uuid-mpath-{wwn}"
+        stable = link if is_map and self.fs.realpath(link) == dev_node(name) else None
         return Device(dev_node(name), wwn, tuple(self._path_info(sd) for sd in disks), is_map,
                       size_bytes=scsi.size_bytes(self.fs, name),
-                      iscsi_targets=spec.targets if isinstance(spec, IscsiVolume) else ())
+                      iscsi_targets=spec.targets if isinstance(spec, IscsiVolume) else (),
+                      stable_path=stable)
 
     def _path_info(self, sd: str) -> PathInfo:
         hctl = scsi.hctl_of_disk(self.fs, sd) or ""

@@ -25,7 +25,7 @@ from hostagent.errors import (
 )
 from hostagent.host import proc, scsi
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
-from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, UDEV_DB, HostFS, dev_node
+from hostagent.host.fs import DISK_BY_ID, SYS_BLOCK, SYS_CLASS, UDEV_DB, HostFS, dev_node
 from hostagent.host.multipath import Multipath
 from hostagent.host.udev import Udev, block_initialized
 from hostagent.models import NO_CLAIMS, Claims, DetachResult, Device, IscsiTarget, PathInfo
@@ -154,11 +154,29 @@ class Devices:
         if not multipath:
             sd = paths[0].info.device
             return Device(dev_node(sd), wwid, infos, False, missing,
-                          scsi.size_bytes(self.fs, sd), iscsi_targets)
+                          scsi.size_bytes(self.fs, sd), iscsi_targets,
+                          self.disk_by_id(sd, wwid))
         progress("building the multipath map")
         dm = await self.build_map(wwid, [p.info.device for p in paths])
         return Device(dev_node(dm), wwid, infos, True, missing,
-                      scsi.size_bytes(self.fs, dm), iscsi_targets)
+                      scsi.size_bytes(self.fs, dm), iscsi_targets,
+                      await self.map_by_id(dm, wwid))
+
+    async def map_by_id(self, dm: str, wwid: str) -> str:
+        """The map's udev link by its uuid, awaited: the name to give consumers."""
+        link = f"{DISK_BY_ID}/dm-uuid-mpath-{wwid}"
+        return await self.udev.wait(
+            lambda: link if self.fs.realpath(link) == dev_node(dm) else None,
+            timeout=self.device_timeout, what=f"{link} -> {dm}")
+
+    def disk_by_id(self, sd: str, wwid: str) -> str | None:
+        """A by-id link of a single-path disk, if udev made one (its rules skip disks
+        that multipath claims)."""
+        for name in (f"wwn-0x{wwid[1:]}", f"scsi-{wwid}"):
+            link = f"{DISK_BY_ID}/{name}"
+            if self.fs.realpath(link) == dev_node(sd):
+                return link
+        return None
 
     async def build_map(self, wwid: str, devices: list[str]) -> str:
         # Recording the WWID first makes any find_multipaths policy accept the paths.

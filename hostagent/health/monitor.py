@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hostagent.agent.metrics import Metrics
-from hostagent.agent.service import RESTORING, Service
+from hostagent.agent.service import Service
 from hostagent.health.heal import Healer, HealOutcome
 from hostagent.health.observe import Observer, Prober
 from hostagent.health.verdict import (
@@ -30,6 +30,7 @@ from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import HostFS
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.models import (
+    RESTORING,
     Attachment,
     Status,
 )

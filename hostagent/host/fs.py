@@ -30,6 +30,7 @@ SYS_MODULE = "/sys/module"
 # Where preflight looks for the tools hostagent runs (systemd's default PATH).
 BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 UDEV_DB = "/run/udev/data"
+DISK_BY_ID = "/dev/disk/by-id"
 ISCSI_LOCK_DIR = "/run/lock/iscsi"  # open-iscsi idbm.h LOCK_DIR (/var/lock is a link to it)
 PROC = "/proc"
 # The agent's own places (defaults of its configuration).

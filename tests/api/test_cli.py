@@ -83,6 +83,20 @@ def run_cli(server: Server, *args: str) -> int:
     return cli.main(["--socket", server.socket, *args])
 
 
+def test_wait_blocks_until_nothing_is_restoring(agent: Agent, server: Server, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    agent.expect_attach()
+    assert run_cli(server, "attach", "--connection-info", write_info(tmp_path),
+                   "--id", "a1") == ExitCode.OK
+    agent.store.update("a1", phase="restoring")  # as reconcile leaves it after a reboot
+    capsys.readouterr()
+    assert run_cli(server, "wait", "--timeout", "0.3") == ExitCode.TIMEOUT
+    assert "still restoring after 0.3 s: a1" in capsys.readouterr().err
+    agent.store.update("a1", phase=None)
+    assert run_cli(server, "wait") == ExitCode.OK
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["a1", "attached"]
+
+
 def write_info(tmp_path: Path, **kw: object) -> str:
     path = tmp_path / "ci.json"
     path.write_text(json.dumps(info(**kw)))  # type: ignore[arg-type]
@@ -95,7 +109,8 @@ def test_attach_list_show_detach(agent: Agent, server: Server, tmp_path: Path,
     assert run_cli(server, "attach", "--connection-info", write_info(tmp_path),
                    "--id", "a1") == ExitCode.OK
     out = capsys.readouterr().out
-    assert out.startswith("attached a1: attached /dev/dm-0") and "2 path(s)" in out
+    assert out.startswith(f"attached a1: attached /dev/disk/by-id/dm-uuid-mpath-{WWID} "
+                          "(/dev/dm-0)") and "2 path(s)" in out
     assert run_cli(server, "list") == ExitCode.OK
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["ID", "STATUS", "DEVICE", "WWN", "PATHS", "VOLUME"]

@@ -127,6 +127,10 @@ class FakeKernel:
             _link(self.p(f"{cls}/{sd}"), self.p(f"{devdir}/block/{sd}"))
         self.udev_pending.append((self.p(f"/run/udev/data/b8:{index * 16}"), True))
         self.write(f"/dev/{sd}")
+        by_id = self.p(f"/dev/disk/by-id/scsi-{wwid}")
+        by_id.parent.mkdir(parents=True, exist_ok=True)
+        by_id.unlink(missing_ok=True)  # udev points it at the newest disk of the WWID
+        by_id.symlink_to(f"../../{sd}")
         return sd
 
     def delete_disk(self, hctl: str) -> None:
@@ -141,6 +145,9 @@ class FakeKernel:
             for cls in ("/sys/class/block", "/sys/block"):
                 os.unlink(self.p(f"{cls}/{sd}"))
             self.p(f"/dev/{sd}").unlink()
+            for link in self.p("/dev/disk/by-id").glob("*"):
+                if os.readlink(link) == f"../../{sd}":
+                    link.unlink()
         _rmtree(self.p(f"/sys/class/scsi_device/{hctl}"))
         _rmtree(dev)
 
@@ -239,6 +246,9 @@ class FakeKernel:
                 _link(self.p(f"{cls}/{dm}"), self.p(base))
             self.write(f"/run/udev/data/b253:{dm[3:]}")
             self.write(f"/dev/{dm}")
+            by_id = self.p(f"/dev/disk/by-id/dm-uuid-mpath-{wwid}")
+            by_id.parent.mkdir(parents=True, exist_ok=True)
+            by_id.symlink_to(f"../../{dm}")  # as udev's 13-dm-disk.rules makes it
         _link(self.p(f"/sys/block/{dm}/slaves/{sd}"), self.p(f"/sys/class/block/{sd}"))
         _link(self.p(f"/sys/class/block/{sd}/holders/{dm}"), self.p(f"/sys/block/{dm}"))
 
@@ -263,6 +273,7 @@ class FakeKernel:
         _rmtree(base)
         self.p(f"/dev/{dm}").unlink()
         self.p(f"/run/udev/data/b253:{dm[3:]}").unlink()
+        self.p(f"/dev/disk/by-id/dm-uuid-mpath-{wwid}").unlink()
         return True
 
 

@@ -49,6 +49,26 @@ def test_the_iface_is_created_once(host: Host) -> None:
     host.executor.assert_done()
 
 
+def test_the_answer_gives_a_name_no_other_device_can_get(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p)
+    device = host.attach(datera())
+    assert device.stable_path == f"/dev/disk/by-id/dm-uuid-mpath-{WWID}"
+    assert f"{device.stable_path} -> dm-0" in host.connector.devices.udev.waits  # type: ignore[attr-defined]
+    assert host.fs.realpath(device.stable_path) == device.path
+
+
+def test_a_single_path_device_gets_its_by_id_name(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    host.expect_new_node(IQN, P1)
+    host.expect_login(IQN, P1)
+    device = host.attach(datera(), multipath=False)
+    assert device.stable_path == f"/dev/disk/by-id/scsi-{WWID}"
+    assert host.fs.realpath(device.stable_path) == device.path
+
+
 def test_a_dead_portal_gives_a_one_path_device_naming_it(host: Host) -> None:
     host.kernel.luns[(IQN, 0)] = WWID
     host.expect_new_node(IQN, P1)
