@@ -254,10 +254,18 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _wait_restored(client: Client, timeout: float) -> tuple[Any, str]:
-    """Block until no attachment is being restored (after the agent started)."""
+    """Block until no attachment is being restored. An agent still starting (no socket
+    yet, or reconciling before it serves) is waited for too: systemd runs this as the
+    unit's ExecStartPost right after it starts the agent."""
     deadline = time.monotonic() + timeout
     while True:
-        _, answer = client.request("GET", "/v1/attachments")
+        try:
+            _, answer = client.request("GET", "/v1/attachments")
+        except ClientError as err:
+            if err.exit_code != ExitCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(POLL_INTERVAL)
+            continue
         restoring = [a["id"] for a in answer["attachments"] if a.get("phase") == RESTORING]
         if not restoring:
             return answer, table(answer["attachments"])

@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,14 @@ def test_wait_blocks_until_nothing_is_restoring(agent: Agent, server: Server, tm
     agent.store.update("a1", phase=None)
     assert run_cli(server, "wait") == ExitCode.OK
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["a1", "attached"]
+
+
+def test_wait_waits_for_an_agent_not_serving_yet(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    absent = str(tmp_path / "not-yet.sock")
+    start = time.monotonic()
+    assert cli.main(["--socket", absent, "wait", "--timeout", "0.5"]) == ExitCode.UNAVAILABLE
+    assert time.monotonic() - start >= 0.5  # it kept trying until its timeout
 
 
 def write_info(tmp_path: Path, **kw: object) -> str:
