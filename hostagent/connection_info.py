@@ -64,7 +64,9 @@ _EXPECTED_WWN_RE = re.compile(r"[0-9a-z.:_-]+", re.ASCII)
 # ---- entry points ----------------------------------------------------------------
 
 def parse(obj: object) -> VolumeSpec:
-    """Cinder's connection_info, wrapped or bare, as an IscsiVolume or FcVolume."""
+    """Cinder's connection_info as an IscsiVolume or FcVolume, in each form Cinder hands
+    out: wrapped ({driver_volume_type, data}), flat (the attachments API's: data keys
+    beside driver_volume_type) or bare (the data alone)."""
     if not isinstance(obj, Mapping):
         raise InvalidRequest("connection_info", f"must be a mapping, got {_type(obj)}")
     if "driver_volume_type" in obj or "data" in obj:
@@ -107,6 +109,10 @@ def _parse_wrapped(obj: Mapping[object, object]) -> VolumeSpec:
     if not isinstance(kind, str) or kind.lower() not in _PARSERS:
         raise InvalidRequest(
             "driver_volume_type", f"must be 'iscsi' or 'fibre_channel', got {_show(kind)}")
+    if "data" not in obj:
+        # Cinder's attachments API (3.27+) hands out attachment.connection_info flat:
+        # the data keys beside driver_volume_type, attachment_id, enforce_multipath.
+        return _PARSERS[kind.lower()](obj, "connection_info")  # type: ignore[arg-type]
     data = obj.get("data")
     if not isinstance(data, Mapping):
         raise InvalidRequest("data", f"must be a mapping, got {_type(data)}")

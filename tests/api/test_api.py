@@ -78,6 +78,17 @@ def test_attach_then_retry_then_conflict(agent: Agent) -> None:
     agent.host.executor.assert_done()
 
 
+def test_the_attachments_apis_flat_connection_info_is_attached(agent: Agent) -> None:
+    wrapped = info(secret=SECRET)
+    ci = {"driver_volume_type": "iscsi", "attachment_id": "cinder-att-1",
+          "enforce_multipath": False, **wrapped["data"]}
+    agent.expect_attach()
+    status, att = one(agent, "POST", "/v1/attachments", json=body(connection_info=ci))
+    assert status == 201, att
+    assert att["connection_info"]["auth_password"] == "***" and SECRET not in json.dumps(att)
+    agent.host.executor.assert_done()
+
+
 def test_get_list_detach_and_a_retried_detach(agent: Agent) -> None:
     agent.expect_attach()
     agent.expect_release()

@@ -130,6 +130,24 @@ def test_bare_data_dict_equals_wrapped_form() -> None:
     assert parse(k2_fc()) == parse(wrap(k2_fc(), "fibre_channel"))
 
 
+def flat(data: dict[str, Any], kind: str = "iscsi") -> dict[str, Any]:
+    """attachment.connection_info as Cinder's attachments API (3.27+) gives it."""
+    return {"driver_volume_type": kind, "attachment_id": "4b4f6d0c-attachment",
+            "enforce_multipath": False, **data}
+
+
+def test_the_attachments_apis_flat_form_equals_the_wrapped_one() -> None:
+    assert parse(flat(datera())) == parse(wrap(datera()))
+    assert parse(flat(k2())) == parse(wrap(k2()))
+    assert parse(flat(k2_fc(), "fibre_channel")) == parse(wrap(k2_fc(), "fibre_channel"))
+
+
+def test_a_bad_key_of_the_flat_form_is_named_where_it_stands() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse(flat({**datera(), "target_portal": "not a portal"}))
+    assert err.value.field.startswith("connection_info.target_portal")
+
+
 def test_bare_form_infers_the_type() -> None:
     assert isinstance(parse(k2()), IscsiVolume)
     assert isinstance(parse({"target_wwns": [T1], "target_lun": 1}), FcVolume)

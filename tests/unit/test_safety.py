@@ -31,8 +31,8 @@ from hostagent.health import (
     plan_heal,
 )
 from hostagent.host.iscsiadm import IscsiErr
-from hostagent.models import Claims, PathInfo, Portal, Status
-from tests.unit.iscsihost import IQN, K2, P1, P2, WWID, Agent, Host, info, k2
+from hostagent.models import Claims, Device, IscsiVolume, PathInfo, Portal, Status
+from tests.unit.iscsihost import IQN, K2, P1, P2, WWID, Agent, Host, datera, info, k2
 
 OTHER = "36001405" + "fedcba9876543210fedcba987"
 
@@ -42,6 +42,16 @@ def agent(tmp_path: Path) -> Agent:
     a = Agent(tmp_path)
     a.host.kernel.luns[(IQN, 0)] = WWID
     return a
+
+
+def attached(host: Host, vol: IscsiVolume) -> Device:
+    """`vol` attached over both portals on a fresh target."""
+    iqn = vol.targets[0].iqn
+    host.kernel.luns[(iqn, vol.targets[0].lun)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(iqn, p)
+        host.expect_login(iqn, p)
+    return host.attach(vol)
 
 
 def slaves(agent: Agent, wwid: str) -> list[str]:
@@ -117,11 +127,7 @@ def test_a_detach_refused_by_an_open_map_leaves_it_queueing_and_attached(agent: 
 
 def test_a_disk_whose_lun_now_reports_another_volume_is_not_deleted(tmp_path: Path) -> None:
     host = Host(tmp_path)
-    host.kernel.luns[(K2, 1)] = WWID
-    for p in (P1, P2):
-        host.expect_new_node(K2, p)
-        host.expect_login(K2, p)
-    device = host.attach(k2(1))
+    device = attached(host, k2(1))
     hctl = next(p.hctl for p in device.paths if p.portal == P2)
     # The array gave LUN 1 to another volume, and the kernel read its identity.
     host.kernel.luns[(K2, 1)] = OTHER
@@ -276,11 +282,7 @@ def test_a_volume_reporting_a_live_attachments_wwid_is_refused_not_merged(agent:
 
 def test_claimed_disks_are_never_deleted(tmp_path: Path) -> None:
     host = Host(tmp_path)
-    host.kernel.luns[(IQN, 0)] = WWID
-    for p in (P1, P2):
-        host.expect_new_node(IQN, p)
-        host.expect_login(IQN, p)
-    device = host.attach(parse(info()))  # type: ignore[arg-type]
+    device = attached(host, datera())
     keep = device.paths[0].hctl
     warnings: list[str] = []
     asyncio.run(host.connector.devices.delete_disks(
