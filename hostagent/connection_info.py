@@ -109,13 +109,14 @@ def _parse_wrapped(obj: Mapping[object, object]) -> VolumeSpec:
     if not isinstance(kind, str) or kind.lower() not in _PARSERS:
         raise InvalidRequest(
             "driver_volume_type", f"must be 'iscsi' or 'fibre_channel', got {_show(kind)}")
-    if "data" not in obj:
+    if "data" not in obj and any(k in obj for k in (*ISCSI_KEYS, *FC_KEYS)):
         # Cinder's attachments API (3.27+) hands out attachment.connection_info flat:
         # the data keys beside driver_volume_type, attachment_id, enforce_multipath.
         return _PARSERS[kind.lower()](obj, "connection_info")  # type: ignore[arg-type]
     data = obj.get("data")
     if not isinstance(data, Mapping):
-        raise InvalidRequest("data", f"must be a mapping, got {_type(data)}")
+        raise InvalidRequest("data", f"must be a mapping, got {_type(data)} (nor are target "
+                             "keys beside driver_volume_type, the flat form)")
     return _PARSERS[kind.lower()](data, "data")
 
 
