@@ -28,9 +28,9 @@ from tests.kernel.engine import MIB
 from tests.kernel.test_daemon import RUN_DIR, Daemon, cli_attach
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.fcoe import FcArray
-from tests.kernel.testbed.guest import Guest, set_find_multipaths
+from tests.kernel.testbed.guest import Guest, restart_iscsid, restart_multipathd
 from tests.kernel.testbed.lio import Chap, IscsiArray
-from tests.kernel.testbed.sh import run, wait_until
+from tests.kernel.testbed.sh import run
 
 
 @pytest.fixture
@@ -75,16 +75,8 @@ def power_cut(daemon: Daemon, wwids: list[str], iqns: set[str]) -> None:
     for iqn in iqns:
         run(["iscsiadm", "-m", "node", "-T", iqn, "-I", "hostagent", "--logout"],
             ok=(0, 21))
-    run(["pkill", "-x", "iscsid"], ok=(0, 1))
-    wait_until(lambda: run(["pgrep", "-x", "iscsid"], ok=(0, 1)).returncode == 1 or None,
-               timeout=30, what="iscsid to stop")
-    run(["iscsid"])
-    wait_until(lambda: run(["iscsiadm", "-m", "session"], ok=(0, 20, 21)).returncode
-               in (0, 21) or None, timeout=30, what="iscsid to answer")
-    run(["multipathd", "shutdown"], ok=(0, 1))
-    wait_until(lambda: run(["pgrep", "-x", "multipathd"], ok=(0, 1)).returncode == 1 or None,
-               timeout=30, what="multipathd to stop")
-    set_find_multipaths("no", start=True)
+    restart_iscsid()
+    restart_multipathd()
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir()
 

@@ -115,3 +115,23 @@ def set_find_multipaths(value: str, *, start: bool = False) -> None:
     )
     if not start:
         run(["multipathd", "reconfigure"])
+
+
+def restart_iscsid() -> None:
+    """iscsid stopped and started again; the kernel keeps the sessions meanwhile."""
+    run(["pkill", "-x", "iscsid"], ok=(0, 1))
+    wait_until(lambda: run(["pgrep", "-x", "iscsid"], ok=(0, 1)).returncode == 1 or None,
+               timeout=30, what="iscsid to stop")
+    run(["iscsid"])
+    wait_until(lambda: run(["iscsiadm", "-m", "session"], ok=(0, 20, 21)).returncode
+               in (0, 21) or None, timeout=30, what="iscsid to answer")
+
+
+def restart_multipathd() -> None:
+    """multipathd shut down and started again; the kernel keeps the maps meanwhile."""
+    run(["multipathd", "shutdown"], ok=(0, 1))
+    wait_until(lambda: run(["pgrep", "-x", "multipathd"], ok=(0, 1)).returncode == 1 or None,
+               timeout=30, what="multipathd to stop")
+    run(["multipathd"])
+    wait_until(lambda: run(["multipathd", "show", "status"], ok=(0, 1)).returncode == 0 or None,
+               timeout=30, what="multipathd to answer")
