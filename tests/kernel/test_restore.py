@@ -36,6 +36,7 @@ from tests.kernel.testbed.sh import run
 @pytest.fixture
 def daemon(guest: Guest, tmp_path: Path) -> Iterator[Daemon]:
     RUN_DIR.mkdir(exist_ok=True)
+    (tmp_path / "agent").mkdir()
     d = Daemon(tmp_path / "agent")
     d.start()
     yield d
