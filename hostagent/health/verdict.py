@@ -13,8 +13,10 @@ from hostagent.host import fc
 
 NO_SESSION = "no session"
 LOGGED_IN = "LOGGED_IN"
+FAILED = "FAILED"  # the kernel's session state while iscsid recovers it
+TRANSPORT_OFFLINE = "transport-offline"  # its disks, once recovery_tmo has passed
 RUNNING = "running"
-OFFLINE_STATES = frozenset({"offline", "transport-offline"})
+OFFLINE_STATES = frozenset({"offline", TRANSPORT_OFFLINE})
 BAD_CHECKER = frozenset({"faulty", "shaky"})
 UNSEEN = "seen by no online HBA"  # connectors/fc.py plan()'s words for a target nobody sees
 HISTORY = 50  # transitions remembered (all attachments)
@@ -116,7 +118,14 @@ def evaluate_path(p: PathObservation, *, wwn: str, map_expected: bool) -> PathHe
     if p.hctl is None or p.device is None:
         return PathHealth(p, "missing", (p.missing_reason or f"no disk at {p.hctl}",))
     problems = []
-    if p.session_state not in (None, LOGGED_IN):
+    if p.session_state == FAILED and p.sd_state == TRANSPORT_OFFLINE:
+        problems.append("session in recovery past its replacement_timeout (recovery_tmo): "
+                        "I/O on this path fails; iscsid keeps logging in, self-healing "
+                        "leaves the session to it")
+    elif p.session_state == FAILED:
+        problems.append("session in recovery: I/O on this path waits up to its "
+                        "replacement_timeout (recovery_tmo)")
+    elif p.session_state not in (None, LOGGED_IN):
         problems.append(f"session {p.session_state}")
     if p.connection_state not in (None, "up"):
         problems.append(f"connection {p.connection_state}")

@@ -67,7 +67,10 @@ def test_every_path_up_is_healthy() -> None:
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    ({"session_state": "FAILED"}, "session FAILED"),
+    ({"session_state": "FAILED"}, "session in recovery: I/O on this path waits"),
+    ({"session_state": "FAILED", "sd_state": "transport-offline"},
+     "session in recovery past its replacement_timeout"),
+    ({"session_state": "FREE"}, "session FREE"),
     ({"connection_state": "failed"}, "connection failed"),
     ({"rport_state": "Blocked"}, "remote port Blocked"),
     ({"sd_state": "blocked"}, "disk sdb blocked"),
