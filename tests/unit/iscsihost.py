@@ -45,6 +45,10 @@ class Host:
 
     def expect_login(self, iqn: str, portal: str, returncode: int = 0) -> None:
         def effect() -> None:
+            # iscsiadm logs in from a node record of that iface, or refuses (rc 21).
+            record = self.record(iqn, portal)
+            assert record.is_file() and "iface.iscsi_ifacename = hostagent" in \
+                record.read_text(), f"login to {iqn} at {portal} with no record of ours"
             if returncode == 0:
                 self.kernel.add_session(iqn, portal)
         self.executor.expect(

@@ -8,7 +8,7 @@ does: only online FCP target ports with a SCSI target id, exactly the LUN asked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,8 +36,10 @@ SCAN = "/sys/class/scsi_host/host{}/scan"
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
-    return Host(tmp_path)
+def host(tmp_path: Path) -> Iterator[Host]:
+    h = Host(tmp_path)
+    yield h
+    h.executor.assert_done()  # every test: no scripted command left unrun, none unexpected
 
 
 def two_links(host: Host, lun: int = 1) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from tests.unit.iscsihost import CHAP, IQN, K2, P1, P2, WWID, Host, datera, k2
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
-    return Host(tmp_path)
+def host(tmp_path: Path) -> Iterator[Host]:
+    h = Host(tmp_path)
+    yield h
+    h.executor.assert_done()  # every test: no scripted command left unrun, none unexpected
 
 
 def test_attach_from_nothing_runs_four_processes_and_keeps_secrets_off_argv(host: Host) -> None:
