@@ -35,6 +35,7 @@ from hostagent.connectors.locks import TargetLocks
 from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     AuthenticationFailed,
+    CommandFailed,
     HostAgentError,
     InvalidRequest,
     LoginFailed,
@@ -44,7 +45,7 @@ from hostagent.host import scsi
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.executor import Executor
 from hostagent.host.fs import ETC_ISCSI, SYS_CLASS, HostFS
-from hostagent.host.iscsiadm import Iscsiadm, chap_settings
+from hostagent.host.iscsiadm import Iscsiadm, IscsiErr, chap_settings
 from hostagent.host.multipath import Multipath, MultipathdClient
 from hostagent.host.udev import Udev
 from hostagent.models import (
@@ -61,6 +62,8 @@ from hostagent.models import (
 )
 
 INITIATOR_FILE = f"{ETC_ISCSI}/initiatorname.iscsi"
+LOGOUT_ATTEMPTS = 15  # s: a replacement_timeout and iscsid's reconnect, with room
+_RECOVERING = (IscsiErr.SESS_NOT_FOUND, IscsiErr.SESSION_NOT_CONNECTED)
 T = TypeVar("T")
 
 
@@ -104,6 +107,7 @@ class IscsiConnector:
                                remove_attempts=self.options.remove_attempts, clock=clock)
         self.locks = locks or TargetLocks()
         self.backoff = PortalBackoff(clock, self.options.portal_retry_interval)
+        self.clock = clock
 
     # ---- attach ----------------------------------------------------------------
     async def attach(self, spec: VolumeSpec, *, multipath: bool,
@@ -319,15 +323,33 @@ class IscsiConnector:
                             frozenset(p for i, p in claims().sessions if i == iqn))
         if plan.whole:
             if sessions:
-                await self.iscsiadm.logout(iqn)
+                await self._logout(iqn)
             if not keep_records:
                 await self.iscsiadm.delete_nodes(iqn)
             return
         logged_in = {s.portal for s in sessions}
-        await asyncio.gather(*(self.iscsiadm.logout(iqn, p) for p in plan.portals
+        await asyncio.gather(*(self._logout(iqn, p) for p in plan.portals
                                if p in logged_in))
         if not keep_records:
             await self.iscsiadm.delete_nodes(iqn, plan.portals)
+
+    async def _logout(self, iqn: str, portal: Portal | None = None) -> None:
+        """Our sessions of `iqn` (at `portal`) logged out. A session in recovery (iscsid
+        just restarted, a portal just back) refuses until iscsid has it again, and
+        iscsiadm then reports a session it did end as not found: what is left is read
+        again and tried a few times, a second apart."""
+        for attempt in range(1, LOGOUT_ATTEMPTS + 1):
+            try:
+                await self.iscsiadm.logout(iqn, portal)
+                return
+            except CommandFailed as err:
+                left = [s for s in scsi.iscsi_sessions(self.fs, iqn)
+                        if s.iface == self.options.iface and portal in (None, s.portal)]
+                if not left:
+                    return  # what it refused is gone
+                if err.returncode not in _RECOVERING or attempt == LOGOUT_ATTEMPTS:
+                    raise
+            await self.clock.sleep(1.0)
 
     # ---- extend ----------------------------------------------------------------
     async def extend(self, spec: VolumeSpec, device: Device) -> int:

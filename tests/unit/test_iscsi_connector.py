@@ -10,6 +10,7 @@ import pytest
 
 from hostagent.errors import AuthenticationFailed, DeviceBusy, InvalidRequest, WwnMismatch
 from hostagent.host import scsi
+from hostagent.host.iscsiadm import IscsiErr
 from hostagent.models import FcVolume
 from tests.unit.iscsihost import CHAP, IQN, K2, P1, P2, WWID, Host, datera, k2
 
@@ -241,3 +242,22 @@ def test_sessions_of_one_target_are_read_without_the_others_attributes(
     monkeypatch.setattr(host.fs, "try_read", counted)
     scsi.iscsi_sessions(host.fs, IQN)
     assert sum("connection" in r for r in reads) == 2  # address and port of IQN's only
+
+
+def test_a_logout_refused_by_a_session_in_recovery_is_tried_again(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    for p in (P1, P2):
+        host.expect_new_node(IQN, p)
+        host.expect_login(IQN, p)
+    device = host.attach(datera())
+    logout = ["iscsiadm", "-m", "node", "-T", IQN, "-I", "hostagent", "--logout"]
+    # iscsid was restarted: P2's session is in recovery and refuses; P1's goes, and
+    # iscsiadm sums it up as "session not found" (2), as seen in the guest.
+    host.executor.expect(logout, returncode=IscsiErr.SESS_NOT_FOUND,
+                         stderr="iscsiadm: initiator reported error (32 - target likely "
+                                "not connected)",
+                         side_effect=lambda: host.kernel.remove_session(IQN, P1))
+    host.executor.expect(logout, side_effect=lambda: host.kernel.remove_session(IQN, P2))
+    asyncio.run(host.connector.detach(datera(), device))
+    assert host.kernel.session_host(IQN, P2) is None
+    assert not host.record(IQN, P1).exists() and not host.record(IQN, P2).exists()
