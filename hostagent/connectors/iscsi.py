@@ -180,20 +180,13 @@ class IscsiConnector:
         if session is None:
             self.backoff.check(str(portal))
             if restoring:
-                if not self.iscsiadm.has_node(iqn, portal):
-                    # The secrets are not stored, so the record cannot be made anew.
-                    raise LoginFailed(f"no node record of ours for {iqn} at {portal}",
-                                      iqn=iqn, portal=str(portal))
+                self._require_record(target)
             elif self.iscsiadm.has_node(iqn, portal):
                 # Our record from an earlier attach: credentials may have changed.
                 await self.iscsiadm.update_node(iqn, portal, self._node_settings(vol.chap))
             else:
                 await self.iscsiadm.create_node(iqn, portal, self._node_settings(vol.chap))
-            await self._login(target, vol)
-            session = self.session(iqn, str(portal))
-            if session is None:
-                raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
-                                  "session", iqn=iqn, portal=str(portal))
+            session = await self._login(target, vol)
         hctl = f"{session.host}:0:{session.target_id}:{target.lun}"
         progress(f"scanning {hctl} ({portal})")
         sd, created = await self.devices.scan(hctl, lambda: LunNotFound(
@@ -203,10 +196,23 @@ class IscsiConnector:
         return ScsiPath(PathInfo(sd, hctl, str(portal), iqn),
                         self.devices.path_wwid(hctl, sd), created)
 
-    async def _login(self, target: IscsiTarget, vol: IscsiVolume) -> None:
-        await self._at_portal(str(target.portal), self.iscsiadm.login(
-            target.iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
+    def _require_record(self, target: IscsiTarget) -> None:
+        if not self.iscsiadm.has_node(target.iqn, target.portal):
+            # The secrets are not stored, so the record cannot be made anew.
+            raise LoginFailed(f"no node record of ours for {target.iqn} at {target.portal}",
+                              iqn=target.iqn, portal=str(target.portal))
+
+    async def _login(self, target: IscsiTarget, vol: IscsiVolume) -> scsi.IscsiSession:
+        """Log in with the node record; the session the kernel then shows."""
+        iqn, portal = target.iqn, str(target.portal)
+        await self._at_portal(portal, self.iscsiadm.login(
+            iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
             timeout=self.options.login_timeout * self.options.login_attempts + 15))
+        session = self.session(iqn, portal)
+        if session is None:
+            raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
+                              "session", iqn=iqn, portal=portal)
+        return session
 
     async def _at_portal(self, portal: str, call: Awaitable[T]) -> T:
         """A login or discovery at `portal`; its outcome decides whether the portal rests."""
@@ -377,16 +383,9 @@ class IscsiConnector:
         if target is None:
             raise LoginFailed(f"{repair.label} is not a portal of the volume",
                               portal=repair.label)
-        if not self.iscsiadm.has_node(target.iqn, target.portal):
-            # The secrets are not stored, so the record cannot be made anew.
-            raise LoginFailed(f"no node record of ours for {target.iqn} at {target.portal}",
-                              iqn=target.iqn, portal=repair.label)
+        self._require_record(target)
         # Never a logout first: a session that exists (however slow) is iscsid's to recover.
-        await self._login(target, vol)
-        s = self.session(target.iqn, repair.label)
-        if s is None:
-            raise LoginFailed(f"logged in to {target.iqn} at {repair.label} but the kernel "
-                              "shows no session", iqn=target.iqn, portal=repair.label)
+        s = await self._login(target, vol)
         return f"{s.host}:0:{s.target_id}:{target.lun}"
 
     # ---- connector properties ----------------------------------------------------

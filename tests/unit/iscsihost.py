@@ -56,6 +56,12 @@ class Host:
             returncode=returncode, side_effect=effect,
             stderr="" if returncode == 0 else f"iscsiadm: initiator reported error ({returncode})")
 
+    def expect_attach(self, iqn: str) -> None:
+        """A record and a login on each portal: an attach of a target with no session."""
+        for p in (P1, P2):
+            self.expect_new_node(iqn, p)
+            self.expect_login(iqn, p)
+
     def expect_logout(self, iqn: str, portal: str | None = None) -> None:
         """One portal's session, or with none every session of the target."""
         where = ["-p", portal] if portal else []
@@ -111,9 +117,7 @@ class Agent:
         return asyncio.run(self.service.attach(self.request(att_id, connection_info, timeout)))
 
     def expect_attach(self, iqn: str = IQN) -> None:
-        for p in (P1, P2):
-            self.host.expect_new_node(iqn, p)
-            self.host.expect_login(iqn, p)
+        self.host.expect_attach(iqn)
 
     def expect_release(self, iqn: str = IQN) -> None:
         self.host.expect_logout(iqn)

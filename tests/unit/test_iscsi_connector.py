@@ -55,9 +55,7 @@ def test_the_iface_is_created_once(host: Host) -> None:
 
 def test_the_answer_gives_a_name_no_other_device_can_get(host: Host) -> None:
     host.kernel.luns[(IQN, 0)] = WWID
-    for p in (P1, P2):
-        host.expect_new_node(IQN, p)
-        host.expect_login(IQN, p)
+    host.expect_attach(IQN)
     device = host.attach(datera())
     assert device.stable_path == f"/dev/disk/by-id/dm-uuid-mpath-{WWID}"
     assert f"{device.stable_path} -> dm-0" in host.connector.devices.udev.waits  # type: ignore[attr-defined]
@@ -246,9 +244,7 @@ def test_sessions_of_one_target_are_read_without_the_others_attributes(
 
 def test_a_logout_refused_by_a_session_in_recovery_is_tried_again(host: Host) -> None:
     host.kernel.luns[(IQN, 0)] = WWID
-    for p in (P1, P2):
-        host.expect_new_node(IQN, p)
-        host.expect_login(IQN, p)
+    host.expect_attach(IQN)
     device = host.attach(datera())
     logout = ["iscsiadm", "-m", "node", "-T", IQN, "-I", "hostagent", "--logout"]
     # iscsid was restarted: P2's session is in recovery and refuses; P1's goes, and

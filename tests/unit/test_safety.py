@@ -48,9 +48,7 @@ def attached(host: Host, vol: IscsiVolume) -> Device:
     """`vol` attached over both portals on a fresh target."""
     iqn = vol.targets[0].iqn
     host.kernel.luns[(iqn, vol.targets[0].lun)] = WWID
-    for p in (P1, P2):
-        host.expect_new_node(iqn, p)
-        host.expect_login(iqn, p)
+    host.expect_attach(iqn)
     return host.attach(vol)
 
 
