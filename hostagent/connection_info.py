@@ -15,10 +15,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final, TypeVar
+from dataclasses import replace
+from typing import Final, TypeVar, cast
 
 from hostagent.errors import InvalidRequest
-from hostagent.models import Chap, FcVolume, IscsiTarget, IscsiVolume, Portal, VolumeSpec
+from hostagent.models import Access, Chap, FcVolume, IscsiTarget, IscsiVolume, Portal, VolumeSpec
 
 __all__ = ["parse", "parse_fc", "parse_iscsi", "parse_portal", "parse_wwpn"]
 
@@ -77,15 +78,17 @@ def parse(obj: object) -> VolumeSpec:
 def parse_iscsi(data: Mapping[str, object], path: str = "data") -> IscsiVolume:
     data = _mapping(data, path)
     targets, plural = _iscsi_targets(data, path)
-    discovered = _flag(data, "target_discovered", path)
+    _flag(data, "target_discovered", path)  # checked, not used: see docs/connection-info.md
     return IscsiVolume(
         targets=targets,
-        # Only a lone portal needs SendTargets; explicit lists are already complete.
-        discover=discovered and not plural,
+        # Only a lone portal needs SendTargets (os-brick's multipath attach runs it
+        # whatever target_discovered says); explicit lists are already complete.
+        discover=not plural,
         chap=_chap(data, "auth_", path),
         discovery_chap=_chap(data, "discovery_auth_", path),
         volume_id=_volume_id(data, path),
         expected_wwn=_expected_wwn(data, path),
+        access=_access(data, path),
     )
 
 
@@ -101,10 +104,12 @@ def parse_fc(data: Mapping[str, object], path: str = "data") -> FcVolume:
         volume_id=_volume_id(data, path),
         expected_wwn=_expected_wwn(data, path),
         addressing_mode=_addressing_mode(data, path),
+        access=_access(data, path),
     )
 
 
-def _parse_wrapped(obj: Mapping[object, object]) -> VolumeSpec:
+def _parse_wrapped(given: Mapping[object, object]) -> VolumeSpec:
+    obj = cast(Mapping[str, object], given)  # a str key or none: .get() of str keys only
     kind = obj.get("driver_volume_type")
     if not isinstance(kind, str) or kind.lower() not in _PARSERS:
         raise InvalidRequest(
@@ -112,12 +117,16 @@ def _parse_wrapped(obj: Mapping[object, object]) -> VolumeSpec:
     if "data" not in obj and any(k in obj for k in (*ISCSI_KEYS, *FC_KEYS)):
         # Cinder's attachments API (3.27+) hands out attachment.connection_info flat:
         # the data keys beside driver_volume_type, attachment_id, enforce_multipath.
-        return _PARSERS[kind.lower()](obj, "connection_info")  # type: ignore[arg-type]
+        return _PARSERS[kind.lower()](obj, "connection_info")
     data = obj.get("data")
     if not isinstance(data, Mapping):
         raise InvalidRequest("data", f"must be a mapping, got {_type(data)} (nor are target "
                              "keys beside driver_volume_type, the flat form)")
-    return _PARSERS[kind.lower()](data, "data")
+    spec = _PARSERS[kind.lower()](data, "data")
+    if _flag(obj, "enforce_multipath", "connection_info"):
+        # Beside data, where Cinder copies it from the connector.
+        spec = replace(spec, access=replace(spec.access, enforce_multipath=True))
+    return spec
 
 
 def _infer_type(data: Mapping[object, object]) -> str:
@@ -386,6 +395,14 @@ def _expected_wwn(data: Mapping[str, object], path: str) -> str | None:
     if not _EXPECTED_WWN_RE.fullmatch(text):
         raise InvalidRequest(field, f"must be letters, digits and . : _ -, got {_show(text)}")
     return text
+
+
+def _access(data: Mapping[str, object], path: str) -> Access:
+    mode = data.get("access_mode")
+    if mode is not None and mode not in ("rw", "ro"):
+        raise InvalidRequest(f"{path}.access_mode", f"must be 'rw' or 'ro', got {_show(mode)}")
+    return Access(read_only=mode == "ro", encrypted=_flag(data, "encrypted", path),
+                  enforce_multipath=_flag(data, "enforce_multipath", path))
 
 
 def _flag(data: Mapping[str, object], key: str, path: str) -> bool:

@@ -160,6 +160,14 @@ class DeviceBusy(HostAgentError):
     retryable = True
 
 
+class MultipathRequired(HostAgentError):
+    """The controller enforces multipath (enforce_multipath) and this attach cannot
+    get a map: the agent is single-path, or multipathd does not answer."""
+
+    code = "multipath_required"
+    http_status = 409
+
+
 class PathsDown(HostAgentError):
     """An operation that needs every path (extend) found some down."""
 

@@ -40,6 +40,18 @@ class Chap:
 
 
 @dataclass(frozen=True)
+class Access:
+    """How the controller wants the volume used, whatever its transport."""
+
+    read_only: bool = False  # access_mode "ro": the map and its disks are set read-only
+    encrypted: bool = False  # the device holds ciphertext: the consumer opens it (LUKS)
+    enforce_multipath: bool = False  # no multipath map: refuse rather than one path
+
+
+READ_WRITE = Access()  # the default: what a controller that says nothing wants
+
+
+@dataclass(frozen=True)
 class IscsiTarget:
     portal: Portal
     iqn: str
@@ -50,8 +62,9 @@ class IscsiTarget:
 class IscsiVolume:
     """An iSCSI volume as the controller exported it.
 
-    `discover` is set when only a singular portal was given with
-    target_discovered: the other portals come from SendTargets on `targets[0]`.
+    `discover` is set when only a singular portal was given (no target_portals
+    with target_iqns): a multipath attach then finds the other portals by
+    SendTargets on `targets[0]`, as os-brick does.
     """
 
     targets: tuple[IscsiTarget, ...]
@@ -60,6 +73,7 @@ class IscsiVolume:
     discovery_chap: Chap | None = None
     volume_id: str | None = None
     expected_wwn: str | None = None
+    access: Access = READ_WRITE
 
     @property
     def iqns(self) -> frozenset[str]:
@@ -79,6 +93,7 @@ class FcVolume:
     # os-brick's addressing_mode (SAM, transparent, SAM2, SAM3-flat): how the array
     # addresses LUN ids above 255; host/fc.py's kernel_lun applies it.
     addressing_mode: str | None = None
+    access: Access = READ_WRITE
 
     @property
     def target_keys(self) -> frozenset[str]:
@@ -117,6 +132,9 @@ class Device:
     # A name no other device can get: /dev/disk/by-id/dm-uuid-mpath-<wwid> for a map,
     # a by-id link of a single-path disk. dm-N and sdX are handed out again.
     stable_path: str | None = None
+    read_only: bool = False  # the map and its disks were set read-only (access_mode ro)
+    encrypted: bool = False  # the controller says the volume holds ciphertext
+    discovered_from: str | None = None  # the portal whose SendTargets listed the others
 
 
 @dataclass(frozen=True)
@@ -188,7 +206,8 @@ def device_to_dict(device: Device) -> dict[str, Any]:
                   for p in device.paths],
         "iscsi_targets": [{"portal": str(t.portal), "iqn": t.iqn, "lun": t.lun}
                           for t in device.iscsi_targets],
-        "stable_path": device.stable_path,
+        "stable_path": device.stable_path, "read_only": device.read_only,
+        "encrypted": device.encrypted, "discovered_from": device.discovered_from,
     }
 
 
@@ -200,7 +219,9 @@ def device_from_dict(d: dict[str, Any]) -> Device:
                     for p in d["paths"]),
         iscsi_targets=tuple(IscsiTarget(Portal.parse(t["portal"]), t["iqn"], t["lun"])
                             for t in d["iscsi_targets"]),
-        stable_path=d.get("stable_path"),  # absent in rows written before it existed
+        # Absent in rows written before they existed:
+        stable_path=d.get("stable_path"), read_only=d.get("read_only", False),
+        encrypted=d.get("encrypted", False), discovered_from=d.get("discovered_from"),
     )
 
 

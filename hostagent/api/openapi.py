@@ -165,7 +165,16 @@ SPEC: dict[str, Any] = {
             "iscsi_targets": {"type": "array", "items": {"type": "object"}},
             "stable_path": {"type": "string", "nullable": True,
                             "description": "a name no other device gets (a map's by-id "
-                                           "link dm-uuid-mpath-<wwid>)"}}},
+                                           "link dm-uuid-mpath-<wwid>)"},
+            "read_only": {"type": "boolean",
+                          "description": "access_mode ro: the map and its disks are "
+                                         "read-only (writes fail with EPERM)"},
+            "encrypted": {"type": "boolean",
+                          "description": "the controller's encrypted flag: the device "
+                                         "holds ciphertext, which the consumer opens"},
+            "discovered_from": {"type": "string", "nullable": True,
+                                "description": "the portal whose SendTargets listed the "
+                                               "other portals (one portal was given)"}}},
         "Attachment": {"type": "object", "required": ["id", "status"], "properties": {
             "id": {"type": "string"}, "volume_id": {"type": "string", "nullable": True},
             "protocol": {"type": "string", "enum": ["iscsi", "fibre_channel"]},

@@ -81,15 +81,35 @@ def connection_info(args: argparse.Namespace) -> dict[str, Any]:
             raise ClientError("connection_info must be a JSON object", ExitCode.INVALID,
                               code="invalid_request", details={"field": "connection_info"})
         return info
+    info = _fc_flags(args) if args.wwpn else _iscsi_flags(args)
+    if args.read_only:
+        info["data"]["access_mode"] = "ro"
+    return info
+
+
+def _invalid(message: str) -> ClientError:
+    return ClientError(message, ExitCode.INVALID, code="invalid_request")
+
+
+def _fc_flags(args: argparse.Namespace) -> dict[str, Any]:
+    if args.portal or args.iqn or args.discover or args.chap_user:
+        raise _invalid("--wwpn (Fibre Channel) does not go with --portal, --iqn, --discover "
+                       "or --chap-user (iSCSI)")
+    if args.lun is None:
+        raise _invalid("--wwpn needs --lun")
+    return {"driver_volume_type": "fibre_channel",
+            "data": {"target_wwn": args.wwpn, "target_lun": args.lun}}
+
+
+def _iscsi_flags(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.portal and args.iqn and args.lun is not None):
-        raise ClientError("give --connection-info FILE|- or all of --portal, --iqn and --lun",
-                          ExitCode.INVALID, code="invalid_request")
+        raise _invalid("give --connection-info FILE|-, all of --portal, --iqn and --lun "
+                       "(iSCSI), or --wwpn and --lun (Fibre Channel)")
     n = len(args.portal)
     data: dict[str, Any] = {"target_discovered": args.discover}
     if args.discover:
         if n != 1:
-            raise ClientError("--discover takes a single --portal", ExitCode.INVALID,
-                              code="invalid_request")
+            raise _invalid("--discover takes a single --portal")
         data.update(target_portal=args.portal[0], target_iqn=args.iqn, target_lun=args.lun)
     else:
         data.update(target_portals=args.portal, target_iqns=[args.iqn] * n,
@@ -111,6 +131,12 @@ def _describe(att: dict[str, Any]) -> str:
         line += f" {stable} wwn {dev['wwn']}, {len(dev['paths'])} path(s)"
     if att.get("last_error"):
         line += f" ({att['last_error'].get('code')}: {att['last_error'].get('message')})"
+    notes = [text for key, text in (("read_only", "read-only"), ("encrypted",
+             "encrypted: the device holds ciphertext, open it with the volume's key"))
+             if dev.get(key)]
+    if dev.get("discovered_from"):
+        notes.append(f"portals found by SendTargets on {dev['discovered_from']}")
+    line += "".join(f"\n  {note}" for note in notes)
     for missing in dev.get("missing", []):
         line += f"\n  missing path: {missing}"
     return line
@@ -292,6 +318,10 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--portal", action="append", help="ip[:port]; repeat for every portal")
     a.add_argument("--iqn")
     a.add_argument("--lun", type=int)
+    a.add_argument("--wwpn", action="append",
+                   help="Fibre Channel: a target port's WWPN; repeat for every port "
+                        "(with --lun)")
+    a.add_argument("--read-only", action="store_true", help="access_mode ro")
     a.add_argument("--discover", action="store_true",
                    help="SendTargets on the one --portal finds the others")
     a.add_argument("--chap-user")

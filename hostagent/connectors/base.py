@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from hostagent.errors import MultipathRequired
 from hostagent.models import ClaimsSource, DetachResult, Device, PathInfo, VolumeSpec, no_claims
 
 Progress = Callable[[str], None]
@@ -80,6 +81,14 @@ class Repairer(Protocol):
         """Make the path again under the volume's target locks, its disk checked to be
         the volume's and in the map; the new path. Raises HostAgentError."""
         ...
+
+
+def refuse_single_path(multipath: bool) -> None:
+    """enforce_multipath on an attach that would be single-path: refused, saying why."""
+    if not multipath:
+        raise MultipathRequired("the controller enforces multipath (enforce_multipath) and "
+                                "this attach is single-path (options.multipath false, or "
+                                "[DEFAULT] multipath = false)", reason="single_path")
 
 
 def host_properties(*, multipath: bool, my_ip: str | None) -> dict[str, Any]:

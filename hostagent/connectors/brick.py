@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
-from hostagent.connectors.base import Connector, Progress, no_progress
+from hostagent.connectors.base import Connector, Progress, no_progress, refuse_single_path
+from hostagent.connectors.devices import set_read_only
 from hostagent.errors import (
     CommandFailed,
     CommandTimeout,
@@ -34,6 +35,7 @@ from hostagent.errors import (
     HostCommandError,
     InvalidRequest,
     LoginFailed,
+    MultipathRequired,
     NoPath,
     WwidInUse,
     WwnMismatch,
@@ -238,12 +240,22 @@ class BrickConnector:
                      progress: Progress = no_progress,
                      claims: ClaimsSource = no_claims) -> Device:
         props = self._check(spec)
+        if spec.access.enforce_multipath:
+            refuse_single_path(multipath)
         backend = self._backend(multipath)
         progress("os-brick connect_volume")
         with _translated("connect_volume"):
             info = await asyncio.to_thread(backend.connect_volume, props)
         try:
             device = self._device(info, multipath, spec)
+            if spec.access.enforce_multipath and not device.multipath:
+                # os-brick falls back to one path when multipathd is down.
+                raise MultipathRequired("the controller enforces multipath "
+                                        "(enforce_multipath) and os-brick gave a single "
+                                        f"path ({device.path})", reason="no_map")
+            if spec.access.read_only:
+                set_read_only(self.fs, [*(p.device for p in device.paths),
+                                        os.path.basename(device.path)])
         except BaseException:
             # os-brick made a device we cannot describe: it must not stay behind. The
             # first error is the one to report, whatever the clean-up meets.
@@ -271,7 +283,8 @@ class BrickConnector:
         return Device(dev_node(name), wwn, tuple(self._path_info(sd) for sd in disks), is_map,
                       size_bytes=scsi.size_bytes(self.fs, name),
                       iscsi_targets=spec.targets if isinstance(spec, IscsiVolume) else (),
-                      stable_path=stable)
+                      stable_path=stable, read_only=spec.access.read_only,
+                      encrypted=spec.access.encrypted)
 
     def _path_info(self, sd: str) -> PathInfo:
         hctl = scsi.hctl_of_disk(self.fs, sd) or ""

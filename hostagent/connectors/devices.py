@@ -14,11 +14,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from hostagent.connectors.base import Progress
+from hostagent.connectors.base import Progress, refuse_single_path
 from hostagent.errors import (
     DeviceBusy,
     HostAgentError,
     HostCommandError,
+    MultipathRequired,
     PathsDown,
     WwidInUse,
     WwnMismatch,
@@ -28,7 +29,16 @@ from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import DISK_BY_ID, SYS_BLOCK, SYS_CLASS, UDEV_DB, HostFS, dev_node
 from hostagent.host.multipath import Multipath
 from hostagent.host.udev import Udev, block_initialized
-from hostagent.models import NO_CLAIMS, Claims, DetachResult, Device, IscsiTarget, PathInfo
+from hostagent.models import (
+    NO_CLAIMS,
+    READ_WRITE,
+    Access,
+    Claims,
+    DetachResult,
+    Device,
+    IscsiTarget,
+    PathInfo,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,15 @@ async def first_path(connects: Iterable[Callable[[], Awaitable[ScsiPath]]]
         except HostAgentError as err:
             outcomes.append(err)
     return outcomes
+
+
+def set_read_only(fs: HostFS, names: Iterable[str]) -> None:
+    """Disks and maps set read-only (access_mode ro); the kernel's flag is read back,
+    so a device that did not take it fails the attach."""
+    for name in names:
+        fs.set_read_only(dev_node(name))
+        if fs.try_read(f"{SYS_BLOCK}/{name}/ro") != "1":
+            raise HostCommandError(f"{name} did not become read-only", device=name)
 
 
 def path_failures(labels: Sequence[str], outcomes: Sequence[object]
@@ -139,28 +158,48 @@ class Devices:
         return wwid
 
     # ---- the device ----------------------------------------------------------------
+    async def require_multipath(self, access: Access, multipath: bool) -> None:
+        """An attach the controller enforces multipath on is refused, before anything is
+        done on the host, unless it will get a map (os-brick's enforce_multipath)."""
+        if not access.enforce_multipath:
+            return
+        refuse_single_path(multipath)
+        try:
+            await self.multipath.status()
+        except HostAgentError as err:
+            raise MultipathRequired(f"the controller enforces multipath (enforce_multipath) "
+                                    f"and multipathd cannot build a map: {describe(err)}",
+                                    reason="multipathd_unavailable") from err
+
     async def finish(self, paths: Sequence[ScsiPath], missing: tuple[str, ...], *,
                      multipath: bool, expected_wwn: str | None, progress: Progress,
                      iscsi_targets: tuple[IscsiTarget, ...] = (),
-                     claims: Claims = NO_CLAIMS) -> Device:
-        """The Device of paths that all reach one volume: its map, or its one sd.
-        A WWID another live attachment's volume already has is refused, never merged
-        into that volume's map: two volumes cannot be one."""
+                     claims: Claims = NO_CLAIMS, access: Access = READ_WRITE) -> Device:
+        """The Device of paths that all reach one volume: its map, or its one sd, set
+        read-only if the access asks so. A WWID another live attachment's volume
+        already has is refused, never merged into that volume's map: two volumes
+        cannot be one."""
         wwid = agreed_wwid(paths, expected_wwn)
         if wwid in claims.wwids:
             raise WwidInUse(f"the volume reports WWID {wwid}, which another live attachment's "
                             "volume already has: refused, not merged into its map", wwid=wwid)
         infos = tuple(p.info for p in paths)
-        if not multipath:
-            sd = paths[0].info.device
-            return Device(dev_node(sd), wwid, infos, False, missing,
-                          scsi.size_bytes(self.fs, sd), iscsi_targets,
-                          self.disk_by_id(sd, wwid))
-        progress("building the multipath map")
-        dm = await self.build_map(wwid, [p.info.device for p in paths])
-        return Device(dev_node(dm), wwid, infos, True, missing,
-                      scsi.size_bytes(self.fs, dm), iscsi_targets,
-                      await self.map_by_id(dm, wwid))
+        disks = [p.info.device for p in paths]
+        stable: str | None
+        if multipath:
+            progress("building the multipath map")
+            name = await self.build_map(wwid, disks)
+            stable = await self.map_by_id(name, wwid)
+        else:
+            name, disks = disks[0], disks[:1]
+            stable = self.disk_by_id(name, wwid)
+        if access.read_only:
+            progress("setting the device read-only")
+            set_read_only(self.fs, [*disks, name])
+        return Device(dev_node(name), wwid, infos, multipath, missing,
+                      scsi.size_bytes(self.fs, name), iscsi_targets, stable,
+                      read_only=access.read_only, encrypted=access.encrypted)
+
 
     async def map_by_id(self, dm: str, wwid: str) -> str:
         """The map's udev link by its uuid, awaited: the name to give consumers."""

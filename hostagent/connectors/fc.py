@@ -151,6 +151,7 @@ class FcConnector:
                      progress: Progress = no_progress,
                      claims: ClaimsSource = no_claims) -> Device:
         vol = _expect_fc(spec)
+        await self.devices.require_multipath(vol.access, multipath)
         async with self.locks.hold(vol.target_keys):
             progress("finding the target ports")
             todo = self._plan(vol)
@@ -179,7 +180,8 @@ class FcConnector:
                     raise _no_path_error(failures, missing)
                 return await self.devices.finish(paths, missing, multipath=multipath,
                                                  expected_wwn=vol.expected_wwn,
-                                                 progress=progress, claims=claims())
+                                                 progress=progress, claims=claims(),
+                                                 access=vol.access)
             except BaseException:
                 await self.devices.rollback(paths, claims=claims())
                 raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -86,6 +86,11 @@ def _expect_iscsi(spec: VolumeSpec) -> IscsiVolume:
     return spec
 
 
+def _discovers(vol: IscsiVolume, multipath: bool) -> bool:
+    """A multipath attach given one portal asks it for the others (SendTargets)."""
+    return vol.discover and multipath
+
+
 def _unique(targets: Iterable[IscsiTarget]) -> tuple[IscsiTarget, ...]:
     return tuple(dict.fromkeys(targets))
 
@@ -114,9 +119,13 @@ class IscsiConnector:
                      progress: Progress = no_progress,
                      claims: ClaimsSource = no_claims) -> Device:
         vol = _expect_iscsi(spec)
+        await self.devices.require_multipath(vol.access, multipath)
         await self.iscsiadm.ensure_iface()
         targets = await self._resolve(vol, multipath, progress)
-        return await self._make(vol, targets, multipath, progress, claims, restoring=False)
+        device = await self._make(vol, targets, multipath, progress, claims, restoring=False)
+        if not _discovers(vol, multipath):
+            return device
+        return replace(device, discovered_from=str(vol.targets[0].portal))
 
     async def restore(self, spec: VolumeSpec, device: Device, *,
                       progress: Progress = no_progress,
@@ -128,8 +137,9 @@ class IscsiConnector:
         vol = replace(_expect_iscsi(spec), expected_wwn=device.wwn)
         await self.iscsiadm.ensure_iface()
         targets = device.iscsi_targets or _unique(vol.targets)
-        return await self._make(vol, targets, device.multipath, progress, claims,
+        made = await self._make(vol, targets, device.multipath, progress, claims,
                                 restoring=True)
+        return replace(made, discovered_from=device.discovered_from)
 
     async def _make(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...], multipath: bool,
                     progress: Progress, claims: ClaimsSource, *, restoring: bool) -> Device:
@@ -159,11 +169,11 @@ class IscsiConnector:
 
     async def _resolve(self, vol: IscsiVolume, multipath: bool,
                        progress: Progress) -> tuple[IscsiTarget, ...]:
-        if not (vol.discover and multipath):
+        if not _discovers(vol, multipath):
             return _unique(vol.targets)
         progress("discovering")
         first = vol.targets[0]
-        found = await self._at_portal(str(first.portal), self.iscsiadm.discover(
+        found = await self._at_portal(str(first.portal), lambda: self.iscsiadm.discover(
             first.portal, vol.discovery_chap))
         targets = _unique(IscsiTarget(d.portal, d.iqn, first.lun)
                           for d in found if d.iqn == first.iqn)
@@ -205,7 +215,7 @@ class IscsiConnector:
     async def _login(self, target: IscsiTarget, vol: IscsiVolume) -> scsi.IscsiSession:
         """Log in with the node record; the session the kernel then shows."""
         iqn, portal = target.iqn, str(target.portal)
-        await self._at_portal(portal, self.iscsiadm.login(
+        await self._at_portal(portal, lambda: self.iscsiadm.login(
             iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
             timeout=self.options.login_timeout * self.options.login_attempts + 15))
         session = self.session(iqn, portal)
@@ -214,11 +224,11 @@ class IscsiConnector:
                               "session", iqn=iqn, portal=portal)
         return session
 
-    async def _at_portal(self, portal: str, call: Awaitable[T]) -> T:
+    async def _at_portal(self, portal: str, call: Callable[[], Awaitable[T]]) -> T:
         """A login or discovery at `portal`; its outcome decides whether the portal rests."""
         self.backoff.check(portal)
         try:
-            result = await call
+            result = await call()
         except HostAgentError as err:
             self.backoff.record(portal, err)
             raise
@@ -250,7 +260,8 @@ class IscsiConnector:
         missing = tuple(f"{portal}: {describe(err)}" for portal, err in failures.items())
         return await self.devices.finish(paths, missing, multipath=multipath,
                                          expected_wwn=vol.expected_wwn, progress=progress,
-                                         iscsi_targets=targets, claims=claims())
+                                         iscsi_targets=targets, claims=claims(),
+                                         access=vol.access)
 
     async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[ScsiPath],
                         claims: ClaimsSource, *, keep_records: bool = False) -> None:

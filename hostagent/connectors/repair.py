@@ -5,7 +5,7 @@ volume's, and put back in the map."""
 from __future__ import annotations
 
 from hostagent.connectors.base import PathRepair, RepairKind
-from hostagent.connectors.devices import Devices
+from hostagent.connectors.devices import Devices, set_read_only
 from hostagent.errors import LunNotFound, WwnMismatch
 from hostagent.host import scsi
 from hostagent.host.fs import HostFS
@@ -28,6 +28,8 @@ async def restore_disk(devices: Devices, fs: HostFS, device: Device, repair: Pat
             await devices.delete_disks([PathInfo(sd, hctl)], wwid or "")
         raise WwnMismatch(f"{sd} ({hctl}) reports {wwid}, not the volume's {device.wwn}",
                           hctl=hctl, wwid=wwid)
+    if device.read_only:
+        set_read_only(fs, [sd])
     if device.multipath:
         await devices.build_map(device.wwn, [sd])
     return PathInfo(sd, hctl, None, repair.target)

@@ -12,10 +12,12 @@ import fcntl
 import mmap
 import os
 import stat
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BLKFLSBUF = 0x1261  # linux/fs.h: flush a block device's buffer cache
+BLKROSET = 0x125D  # linux/fs.h: set a block device read-only (an int argument)
 
 # The host locations hostagent knows; every other module builds paths from these.
 SYS_BLOCK = "/sys/block"
@@ -171,6 +173,16 @@ class HostFS:
         finally:
             os.close(fd)
             buf.close()
+
+    def set_read_only(self, dev_path: str) -> None:
+        """BLKROSET on a block device: what `blockdev --setro` does, in-process. It sets
+        the device's own flag, which a dm table reload (multipathd's) leaves alone;
+        writes then fail with EPERM until the device is gone."""
+        fd = os.open(self.path(dev_path), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, BLKROSET, struct.pack("i", 1))
+        finally:
+            os.close(fd)
 
     def flush_buffers(self, dev_path: str) -> None:
         """BLKFLSBUF on a block device: what `blockdev --flushbufs` does, in-process."""

@@ -163,6 +163,10 @@ class Multipath:
         await self.executor.run(["dmsetup", "remove", "--force", "--deferred", wwid],
                                 ok_codes=(0, 1), timeout=self.timeout)
 
+    async def status(self) -> str:
+        """multipathd's `show status`: raises DaemonUnavailable when it does not answer."""
+        return await self.client.command("show status", timeout=self.timeout)
+
     async def resize(self, wwid: str) -> None:
         await self._ok(f"resize map {wwid}")
 

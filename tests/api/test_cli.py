@@ -21,9 +21,11 @@ from aiohttp import web
 from hostagent.api.app import make_app
 from hostagent.api.peer import PeerCheck
 from hostagent.cli import main as cli
+from hostagent.connection_info import parse
 from hostagent.exitcodes import ExitCode
 from hostagent.host.fs import HostFS
 from hostagent.host.proc import supplementary_groups
+from hostagent.models import FcVolume
 from tests.unit.iscsihost import IQN, P1, P2, SECRET, WWID, Agent, info
 from tests.unprivileged import NOBODY, cli_as_nobody
 
@@ -227,3 +229,48 @@ def test_an_allowed_group_is_served(agent: Agent, sockdir: Path) -> None:
         status, out, err = cli_as_nobody(server.socket, "list", "--json")
     assert status == ExitCode.OK, err
     assert json.loads(out) == {"attachments": []}
+
+
+# ---- attach flags: Fibre Channel, read-only ----------------------------------------
+
+WWPN1, WWPN2 = "50:01:43:80:12:34:56:78", "0x5001438012345679"
+
+
+def flags_info(*argv: str) -> dict[str, object]:
+    return cli.connection_info(cli.parser().parse_args(["attach", *argv]))
+
+
+def test_fc_flags_give_fibre_channel_connection_info() -> None:
+    info = flags_info("--wwpn", WWPN1, "--wwpn", WWPN2, "--lun", "3")
+    assert info == {"driver_volume_type": "fibre_channel",
+                    "data": {"target_wwn": [WWPN1, WWPN2], "target_lun": 3}}
+    spec = parse(info)
+    assert spec == FcVolume(("5001438012345678", "5001438012345679"), 3)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--wwpn", WWPN1], "--wwpn needs --lun"),
+    (["--wwpn", WWPN1, "--lun", "1", "--portal", P1], "does not go with"),
+    (["--wwpn", WWPN1, "--lun", "1", "--iqn", IQN], "does not go with"),
+    (["--lun", "1"], "--wwpn and --lun (Fibre Channel)"),
+])
+def test_fc_flag_mistakes_are_refused(argv: list[str], says: str) -> None:
+    with pytest.raises(cli.ClientError) as err:
+        flags_info(*argv)
+    assert says in str(err.value) and err.value.exit_code == ExitCode.INVALID
+
+
+def test_read_only_flag_asks_access_mode_ro() -> None:
+    info = flags_info("--portal", P1, "--iqn", IQN, "--lun", "0", "--read-only")
+    assert parse(info).access.read_only
+    assert parse(flags_info("--wwpn", WWPN1, "--lun", "0", "--read-only")).access.read_only
+
+
+def test_the_cli_says_read_only_encrypted_and_discovered() -> None:
+    text = cli._describe({"id": "a1", "status": "attached", "device": {
+        "path": "/dev/dm-0", "stable_path": None, "wwn": "36001405ab", "paths": [{}, {}],
+        "read_only": True, "encrypted": True, "discovered_from": P1, "missing": []}})
+    assert text.splitlines()[1:] == [
+        "  read-only",
+        "  encrypted: the device holds ciphertext, open it with the volume's key",
+        f"  portals found by SendTargets on {P1}"]

@@ -7,6 +7,7 @@ loop device or LIO object may be left behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import time
@@ -30,6 +31,7 @@ from tests.kernel.testbed import guest as guest_mod
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.faults import Faults
 from tests.kernel.testbed.lio import Chap, Export, IscsiArray
+from tests.kernel.testbed.sh import run
 
 METRICS: dict[str, Any] = {}
 
@@ -229,3 +231,49 @@ def test_four_attaches_to_four_targets_at_once(array: IscsiArray, host: EngineHo
     timed("detach_4_parallel", host, detach_all())
     for e in exports:
         assert_nothing_of(e)
+
+
+def _ro(name: str) -> str:
+    return Path(f"/sys/block/{name}/ro").read_text().strip()
+
+
+def test_access_mode_ro_gives_a_read_only_map_that_a_reload_keeps(
+        array: IscsiArray, host: EngineHost) -> None:
+    export = array.export_datera()
+    data = os.urandom(MIB)
+    device = asyncio.run(host.attach(export))  # written while still read-write
+    fd = os.open(device.path, os.O_WRONLY | os.O_SYNC)
+    try:
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+    asyncio.run(host.detach(export, device))
+    export.connection_info["data"]["access_mode"] = "ro"
+    device = timed("attach_read_only", host, host.attach(export))
+    raw.assert_map(device, export.wwid, 2)
+    dm = device.path[5:]
+    assert device.read_only
+    assert [_ro(n) for n in (dm, *(p.device for p in device.paths))] == ["1"] * 3
+    run(["multipathd", "reconfigure"])  # multipathd reloads every map's table
+    raw.wait_map(export.wwid, 2)
+    assert _ro(dm) == "1", "a table reload made the map writable again"
+    fd = os.open(device.path, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as err:
+            os.pwrite(fd, b"\0" * 4096, 0)
+        assert err.value.errno == errno.EPERM
+        assert os.pread(fd, MIB, 0) == data
+    finally:
+        os.close(fd)
+    asyncio.run(host.detach(export, device))
+    assert_nothing_of(export)
+
+
+def test_a_lone_portal_is_completed_by_sendtargets(array: IscsiArray, host: EngineHost) -> None:
+    export = array.export_datera(multipath=False)  # target_portal alone, not discovered
+    assert "target_portals" not in export.connection_info["data"]
+    device = timed("attach_discovered", host, host.attach(export))
+    raw.assert_map(device, export.wwid, 2)
+    assert device.discovered_from == str(parse(export.connection_info).targets[0].portal)
+    asyncio.run(host.detach(export, device))
+    assert_nothing_of(export)

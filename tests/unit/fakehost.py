@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from hostagent.errors import DeviceTimeout
+from hostagent.errors import DaemonUnavailable, DeviceTimeout
 from hostagent.host.fs import HostFS
 
 T = TypeVar("T")
@@ -297,6 +297,13 @@ def _rmtree(path: Path) -> None:
         path.rmdir()
 
 
+def drop_from_map(kernel: FakeKernel, sd: str) -> None:
+    """What multipathd does when a path's disk goes (or is taken out of the map)."""
+    dm = os.listdir(kernel.p(f"/sys/class/block/{sd}/holders"))[0]
+    os.unlink(kernel.p(f"/sys/block/{dm}/slaves/{sd}"))
+    os.unlink(kernel.p(f"/sys/class/block/{sd}/holders/{dm}"))
+
+
 class FakeHostFS(HostFS):
     """HostFS over the fake tree; sysfs writes act as the kernel would."""
 
@@ -342,6 +349,10 @@ class FakeHostFS(HostFS):
                    "targetname").read_text()
             wwid = self.kernel.luns[(iqn, lun)]
         (self.path(f"/sys/class/scsi_device/{hctl}/device") / "wwid").write_text("naa." + wwid[1:])
+
+    def set_read_only(self, dev_path: str) -> None:
+        assert self.exists(dev_path), f"BLKROSET on missing {dev_path}"
+        self.kernel.write(f"/sys/block/{dev_path.rsplit('/', 1)[-1]}/ro", "1")
 
     def flush_buffers(self, dev_path: str) -> None:
         assert self.exists(dev_path), f"flush of missing {dev_path}"
@@ -391,10 +402,16 @@ class FakeMultipathd:
         # `show maps json`: (dm_st, chk_st) of a path by sd name; active/ready otherwise.
         self.path_states: dict[str, tuple[str, str]] = {}
         self.features = "1 queue_if_no_path"
+        self.running = True
 
     async def command(self, cmd: str, *, timeout: float) -> str:
         self.commands.append(cmd)
+        if not self.running:
+            raise DaemonUnavailable("multipathd is not running or refuses us: [Errno 111] "
+                                    "Connection refused", command=cmd)
         words = cmd.split()
+        if cmd == "show status":
+            return "path checkers states:\nup 2\n"
         if words[:2] == ["add", "path"]:
             self.kernel.add_path_to_map(words[2])
             return "ok\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ from hostagent.errors import (
     HostCommandError,
     InvalidRequest,
     LoginFailed,
+    MultipathRequired,
     NoPath,
 )
-from hostagent.models import Chap, FcVolume, IscsiTarget, IscsiVolume, Portal
+from hostagent.models import Access, Chap, FcVolume, IscsiTarget, IscsiVolume, Portal
 from tests.unit.fakehost import FakeHostFS, FakeKernel
 from tests.unit.iscsihost import CHAP, IQN, K2, P1, P2, WWID, datera, k2
 
@@ -257,3 +259,32 @@ def test_a_device_that_cannot_be_described_is_disconnected_again(host: Host) -> 
         host.run(host.connector.attach(datera(), multipath=True))
     name, (_, info, force, ignore) = host.backends[True].calls[-1]
     assert name == "disconnect" and info["path"] == "/dev/dm-7" and force and ignore
+
+
+def test_enforced_multipath_on_a_single_path_attach_never_reaches_os_brick(host: Host) -> None:
+    with pytest.raises(MultipathRequired):
+        host.run(host.connector.attach(
+            replace(datera(), access=Access(enforce_multipath=True)), multipath=False))
+    assert host.backends == {}
+
+
+def test_enforced_multipath_refuses_the_single_path_os_brick_fell_back_to(host: Host) -> None:
+    class NoMultipathd(FakeBrick):  # os-brick with multipathd down: one disk, no map
+        def connect_volume(self, props: dict[str, Any]) -> dict[str, Any]:
+            self._called("connect", props)
+            sd = self.kernel.add_disk(self.kernel.add_session(IQN, P1), 0, WWID)
+            return {"type": "block", "scsi_wwn": WWID, "path": f"/dev/{sd}"}
+
+    host.backend_class = NoMultipathd
+    with pytest.raises(MultipathRequired, match="os-brick gave a single path"):
+        host.run(host.connector.attach(
+            replace(datera(), access=Access(enforce_multipath=True)), multipath=True))
+    assert host.backends[True].calls[-1][0] == "disconnect"
+
+
+def test_read_only_sets_what_os_brick_made_read_only(host: Host) -> None:
+    device = host.run(host.connector.attach(
+        replace(datera(), access=Access(read_only=True, encrypted=True)), multipath=True))
+    assert device.read_only and device.encrypted
+    assert [host.fs.try_read(f"/sys/block/{n}/ro") for n in ("sda", "sdb", "dm-0")] == \
+        ["1"] * 3

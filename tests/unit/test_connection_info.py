@@ -10,7 +10,7 @@ import pytest
 
 from hostagent.connection_info import parse, parse_fc, parse_iscsi, parse_portal, parse_wwpn
 from hostagent.errors import InvalidRequest
-from hostagent.models import Chap, FcVolume, IscsiTarget, IscsiVolume, Portal
+from hostagent.models import Access, Chap, FcVolume, IscsiTarget, IscsiVolume, Portal
 
 DATERA_IQN = "iqn.2013-05.com.daterainc:tc:01:sn:4f2a9c0d1e7b3a55"
 K2_IQN = "iqn.2009-01.com.kaminario:storage.k2.3b9f1c"
@@ -95,9 +95,11 @@ def test_datera_multipath_lists() -> None:
 
 
 def test_datera_without_multipath_lists() -> None:
+    # One portal and target_discovered false (Datera's driver without a multipath
+    # connector): a multipath attach still asks SendTargets, as os-brick's does.
     spec = iscsi(wrap(datera(multipath=False)))
     assert spec.targets == (IscsiTarget(P1, DATERA_IQN, 0),)
-    assert spec.discover is False
+    assert spec.discover is True
     assert spec.chap is None
     assert spec.volume_id == VOLUME_ID
 
@@ -607,3 +609,50 @@ def test_parse_fc_rejects_a_non_mapping() -> None:
     with pytest.raises(InvalidRequest) as err:
         parse_fc([T1], "data")  # type: ignore[arg-type]
     assert err.value.field == "data"
+
+
+# ---- access: access_mode, encrypted, enforce_multipath -----------------------------
+
+def test_a_volume_says_nothing_of_access_gets_read_write() -> None:
+    assert iscsi(wrap(datera())).access == Access()
+    assert fc(wrap(k2_fc(), "fibre_channel")).access == Access()
+
+
+@pytest.mark.parametrize("make", [lambda d: wrap(d), flat, lambda d: d],
+                         ids=["wrapped", "flat", "bare"])
+def test_access_fields_are_read_in_every_form(make: Callable[[dict[str, Any]], Any]) -> None:
+    data = {**datera(), "access_mode": "ro", "encrypted": True, "enforce_multipath": True}
+    assert iscsi(make(data)).access == Access(read_only=True, encrypted=True,
+                                              enforce_multipath=True)
+
+
+def test_enforce_multipath_beside_data_counts() -> None:
+    # Cinder copies it from the connector next to data, not into it.
+    obj = {**wrap(k2_fc(), "fibre_channel"), "enforce_multipath": True}
+    assert fc(obj).access.enforce_multipath is True
+
+
+@pytest.mark.parametrize(("key", "value", "field"), [
+    ("access_mode", "RO", "data.access_mode"),
+    ("access_mode", "readonly", "data.access_mode"),
+    ("access_mode", 1, "data.access_mode"),
+    ("encrypted", "yes", "data.encrypted"),
+    ("enforce_multipath", 1, "data.enforce_multipath"),
+])
+def test_bad_access_fields_are_named(key: str, value: object, field: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse(wrap({**datera(), key: value}))
+    assert err.value.field == field
+
+
+def test_bad_enforce_multipath_beside_data_is_named() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        parse({**wrap(datera()), "enforce_multipath": "true"})
+    assert err.value.field == "connection_info.enforce_multipath"
+
+
+@pytest.mark.parametrize("discovered", [True, False, None])
+def test_a_lone_portal_is_discovered_whatever_target_discovered_says(
+        discovered: bool | None) -> None:
+    data = {**datera(multipath=False), "target_discovered": discovered}
+    assert iscsi(wrap(data)).discover is True

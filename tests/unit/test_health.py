@@ -41,7 +41,7 @@ from hostagent.health import (
 from hostagent.host.fs import HostFS
 from hostagent.models import Status
 from tests.unit import fchost
-from tests.unit.fakehost import FakeKernel
+from tests.unit.fakehost import FakeKernel, drop_from_map
 from tests.unit.iscsihost import IQN, P1, P2, WWID, Agent, info
 
 # ---- the pure rules ----------------------------------------------------------------------
@@ -176,13 +176,6 @@ def attach(agent: Agent) -> None:
 
 def disk_at(kernel: FakeKernel, hctl: str) -> str:
     return os.listdir(kernel.p(f"/sys/class/scsi_device/{hctl}/device/block"))[0]
-
-
-def drop_from_map(kernel: FakeKernel, sd: str) -> None:
-    """What multipathd does when a path's disk goes (or is taken out of the map)."""
-    dm = os.listdir(kernel.p(f"/sys/class/block/{sd}/holders"))[0]
-    os.unlink(kernel.p(f"/sys/block/{dm}/slaves/{sd}"))
-    os.unlink(kernel.p(f"/sys/class/block/{sd}/holders/{dm}"))
 
 
 def set_sd_state(kernel: FakeKernel, hctl: str, state: str) -> None:

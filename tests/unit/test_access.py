@@ -1,0 +1,138 @@
+"""What the controller asks of a volume beyond its targets (models.Access) and how a
+lone portal is completed: enforce_multipath refuses before the host is touched,
+access_mode ro leaves read-only devices, encrypted is reported, SendTargets runs
+for a multipath attach given one portal, whatever target_discovered says."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hostagent.connection_info import parse
+from hostagent.connectors.base import PathRepair, RepairKind
+from hostagent.errors import MultipathRequired
+from hostagent.models import Access, IscsiTarget, IscsiVolume, Portal
+from tests.unit.fakehost import drop_from_map
+from tests.unit.iscsihost import IQN, P1, P2, WWID, Host, datera
+
+ENFORCED = Access(enforce_multipath=True)
+READ_ONLY = Access(read_only=True)
+SENDTARGETS = ["iscsiadm", "-m", "discovery", "-t", "st", "-p", P1, "-I", "hostagent",
+               "-o", "nonpersistent"]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    h = Host(tmp_path)
+    h.kernel.luns[(IQN, 0)] = WWID
+    yield h
+    h.executor.assert_done()
+
+
+def ro_flag(host: Host, name: str) -> str | None:
+    return host.fs.try_read(f"/sys/block/{name}/ro")
+
+
+def test_enforced_multipath_on_a_single_path_attach_is_refused_running_nothing(
+        host: Host) -> None:
+    with pytest.raises(MultipathRequired) as err:
+        host.attach(replace(datera(), access=ENFORCED), multipath=False)
+    assert err.value.details["reason"] == "single_path"
+    assert "options.multipath" in err.value.message
+    assert host.executor.calls == [] and host.mpd.commands == []
+
+
+def test_enforced_multipath_without_multipathd_is_refused_running_nothing(host: Host) -> None:
+    host.mpd.running = False
+    with pytest.raises(MultipathRequired) as err:
+        host.attach(replace(datera(), access=ENFORCED))
+    assert err.value.details["reason"] == "multipathd_unavailable"
+    assert "Connection refused" in err.value.message
+    assert host.executor.calls == []
+    assert not host.kernel.p("/etc/iscsi/nodes").exists()
+
+
+def test_enforced_multipath_with_multipathd_attaches(host: Host) -> None:
+    host.expect_attach(IQN)
+    device = host.attach(replace(datera(), access=ENFORCED))
+    assert device.multipath and host.mpd.commands[0] == "show status"
+
+
+def test_without_enforcement_multipathd_is_not_asked_first(host: Host) -> None:
+    host.expect_attach(IQN)
+    host.attach(datera())
+    assert "show status" not in host.mpd.commands
+
+
+def test_read_only_sets_the_map_and_every_disk_read_only(host: Host) -> None:
+    host.expect_attach(IQN)
+    device = host.attach(replace(datera(), access=READ_ONLY))
+    assert device.read_only and device.path == "/dev/dm-0"
+    assert [ro_flag(host, n) for n in ("dm-0", "sda", "sdb")] == ["1", "1", "1"]
+
+
+def test_read_only_single_path_sets_its_one_disk(host: Host) -> None:
+    host.expect_new_node(IQN, P1)
+    host.expect_login(IQN, P1)
+    device = host.attach(replace(datera(), access=READ_ONLY), multipath=False)
+    assert device.read_only and device.path == "/dev/sda" and ro_flag(host, "sda") == "1"
+
+
+def test_a_read_write_volume_is_left_writable(host: Host) -> None:
+    host.expect_attach(IQN)
+    device = host.attach(datera())
+    assert not device.read_only
+    assert all(ro_flag(host, n) != "1" for n in ("dm-0", "sda", "sdb"))
+
+
+def test_a_device_that_does_not_take_read_only_fails_the_attach_and_is_undone(
+        host: Host) -> None:
+    host.fs.set_read_only = lambda dev_path: None  # type: ignore[method-assign]
+    host.expect_attach(IQN)
+    host.expect_logout(IQN)
+    with pytest.raises(Exception, match="did not become read-only"):
+        host.attach(replace(datera(), access=READ_ONLY))
+    assert host.kernel.dm_of(WWID) is None and not host.kernel.p("/dev/sda").exists()
+
+
+def test_a_path_healed_into_a_read_only_map_is_read_only_too(host: Host) -> None:
+    host.expect_attach(IQN)
+    vol = replace(datera(), access=READ_ONLY)
+    device = host.attach(vol)
+    path = next(p for p in device.paths if p.portal == P2)
+    drop_from_map(host.kernel, path.device)
+    host.kernel.delete_disk(path.hctl)
+    hctl = path.hctl
+    repaired = asyncio.run(host.connector.repair(vol, device, PathRepair(
+        RepairKind.SCAN, P2, IQN, hctl, None)))
+    assert ro_flag(host, repaired.device) == "1"
+
+
+def test_encrypted_is_reported_on_the_device(host: Host) -> None:
+    host.expect_attach(IQN)
+    assert host.attach(replace(datera(), access=Access(encrypted=True))).encrypted
+
+
+def test_a_lone_portal_is_completed_by_sendtargets_and_the_answer_says_so(
+        host: Host) -> None:
+    lone = parse({"driver_volume_type": "iscsi", "data": {
+        "target_portal": P1, "target_iqn": IQN, "target_lun": 0,
+        "target_discovered": False}})
+    stdout = f"{P1},1 {IQN}\n{P2},1 {IQN}\n"
+    host.executor.expect(SENDTARGETS, stdout=stdout)
+    host.expect_attach(IQN)
+    device = host.attach(lone)
+    assert device.discovered_from == P1
+    assert sorted(p.portal for p in device.paths) == sorted([P1, P2])
+
+
+def test_a_lone_portal_single_path_attach_asks_no_sendtargets(host: Host) -> None:
+    lone = IscsiVolume((IscsiTarget(Portal.parse(P1), IQN, 0),), discover=True)
+    host.expect_new_node(IQN, P1)
+    host.expect_login(IQN, P1)
+    device = host.attach(lone, multipath=False)
+    assert device.discovered_from is None
