@@ -84,21 +84,45 @@ def redact_connection_info(info: Mapping[str, Any]) -> dict[str, Any]:
     return clean(info)
 
 
-def claims_of(others: Iterable[Attachment]) -> Claims:
-    """What `others` own on the host: their volumes' WWIDs, their disks' H:C:T:L and
-    the (IQN, portal) sessions they expect, a session whose path is down included."""
+@dataclass(frozen=True)
+class _Owned:
+    """What one attachment owns on the host, and its volume's key (parsed once)."""
+
+    wwids: frozenset[str]
+    hctls: frozenset[str]
+    sessions: frozenset[tuple[str, str]]
+    volume: frozenset[tuple[str, int]]
+
+
+def _owned(att: Attachment) -> _Owned:
+    spec = parse(att.connection_info)
+    wwids: frozenset[str] = frozenset()
+    hctls: frozenset[str] = frozenset()
+    sessions: frozenset[tuple[str, str]] = frozenset()
+    if att.device is not None:
+        wwids = frozenset((att.device.wwn,))
+        hctls = frozenset(p.hctl for p in att.device.paths)
+    if isinstance(spec, IscsiVolume):
+        targets = (att.device.iscsi_targets if att.device else ()) or spec.targets
+        sessions = frozenset((t.iqn, str(t.portal)) for t in targets)
+    return _Owned(wwids, hctls, sessions, _volume_key(spec))
+
+
+def _union(owned: Iterable[_Owned]) -> Claims:
     wwids: set[str] = set()
     hctls: set[str] = set()
     sessions: set[tuple[str, str]] = set()
-    for att in others:
-        spec = parse(att.connection_info)
-        if att.device is not None:
-            wwids.add(att.device.wwn)
-            hctls.update(p.hctl for p in att.device.paths)
-        if isinstance(spec, IscsiVolume):
-            targets = (att.device.iscsi_targets if att.device else ()) or spec.targets
-            sessions.update((t.iqn, str(t.portal)) for t in targets)
+    for o in owned:
+        wwids |= o.wwids
+        hctls |= o.hctls
+        sessions |= o.sessions
     return Claims(frozenset(wwids), frozenset(hctls), frozenset(sessions))
+
+
+def claims_of(others: Iterable[Attachment]) -> Claims:
+    """What `others` own on the host: their volumes' WWIDs, their disks' H:C:T:L and
+    the (IQN, portal) sessions they expect, a session whose path is down included."""
+    return _union(_owned(att) for att in others)
 
 
 def _volume_key(spec: VolumeSpec) -> frozenset[tuple[str, int]]:
@@ -122,6 +146,12 @@ class Service:
         self.detach_timeout = detach_timeout
         self.detached_retention = detached_retention
         self._key = store.key()
+        # What each attachment owns, parsed once per row version: the claims are read
+        # from the store at every destructive step, and re-parsing every live
+        # attachment's connection_info there made each step O(N), the run O(N^2).
+        # Keyed by the Attachment object the store hands out (the same object while
+        # its row is unchanged), so the claims still reflect the store of that moment.
+        self._owned: dict[str, tuple[Attachment, _Owned]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_phase = on_phase  # the crash test hook: every phase is a place to die
@@ -357,17 +387,26 @@ class Service:
     def claims_for(self, attachment_id: str) -> ClaimsSource:
         """What every other live attachment owns, read from the store when asked."""
         def read() -> Claims:
-            return claims_of(a for a in self.store.list()
-                             if a.id != attachment_id and a.status in _CLAIMING)
+            return _union(self._owned_by(a) for a in self.store.list()
+                          if a.id != attachment_id and a.status in _CLAIMING)
         return read
+
+    def _owned_by(self, att: Attachment) -> _Owned:
+        cached = self._owned.get(att.id)
+        if cached is not None and cached[0] is att:
+            return cached[1]
+        owned = _owned(att)
+        if len(self._owned) >= 16384:  # ids of detached rows: never unbounded
+            self._owned.clear()
+        self._owned[att.id] = (att, owned)
+        return owned
 
     def _sharer(self, attachment_id: str, spec: VolumeSpec,
                 statuses: tuple[Status, ...] = _CLAIMING) -> Attachment | None:
         """Another attachment of the same volume in one of `statuses`."""
         key = _volume_key(spec)
         return next((a for a in self.store.list() if a.id != attachment_id
-                     and a.status in statuses and _volume_key(parse(a.connection_info)) & key),
-                    None)
+                     and a.status in statuses and self._owned_by(a).volume & key), None)
 
     def _lock(self, attachment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(attachment_id, asyncio.Lock())

@@ -102,6 +102,14 @@ class Store:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE))
         os.chmod(self.path, FILE_MODE)
         self._lock = threading.Lock()
+        # Decoded rows by id, with the raw row they came from: a row that has not
+        # changed is not decoded again (JSON of connection_info and the device), and
+        # the same Attachment object comes back, so callers may cache by identity.
+        self._decoded: dict[str, tuple[tuple[Any, ...], Attachment]] = {}
+        # The last list() by (revision, include_detached): commits of this connection
+        # are counted in _writes, other connections' by SQLite's data_version.
+        self._writes = 0
+        self._listed: tuple[tuple[int, int, bool], list[Attachment]] | None = None
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -122,6 +130,21 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._writes += 1
+
+    def _revision(self) -> tuple[int, int]:
+        """Changes whenever the table may have changed; call under _lock."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return self._writes, int(version)
+
+    def _decode(self, row: sqlite3.Row) -> Attachment:
+        raw = tuple(row)
+        cached = self._decoded.get(row["id"])
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        att = _attachment(row)
+        self._decoded[att.id] = (raw, att)
+        return att
 
     def close(self) -> None:
         with self._lock:
@@ -142,22 +165,33 @@ class Store:
         with self._lock:
             row = self._db.execute("SELECT * FROM attachments WHERE id = ?",
                                    (attachment_id,)).fetchone()
-        return _attachment(row) if row else None
+            return self._decode(row) if row else None
 
     def list(self, *, include_detached: bool = False) -> list[Attachment]:
         query = "SELECT * FROM attachments"
         if not include_detached:
             query += f" WHERE status != '{Status.DETACHED.value}'"
         with self._lock:
+            revision = (*self._revision(), include_detached)
+            if self._listed is not None and self._listed[0] == revision:
+                return list(self._listed[1])
             rows = self._db.execute(query + " ORDER BY created_at, id").fetchall()
-        return [_attachment(r) for r in rows]
+            listed = [self._decode(r) for r in rows]
+            if not include_detached:  # forget rows gone or detached (kept for get())
+                seen = {a.id for a in listed}
+                self._decoded = {k: v for k, v in self._decoded.items()
+                                 if k in seen or v[1].status == Status.DETACHED}
+            self._listed = (revision, listed)
+            return list(listed)
 
     def put(self, att: Attachment) -> None:
         """Insert or replace the whole row."""
         marks = ", ".join("?" for _ in _COLUMNS)
+        raw = _row(att)
         with self._tx() as db:
             db.execute(f"INSERT OR REPLACE INTO attachments ({', '.join(_COLUMNS)}) "
-                       f"VALUES ({marks})", _row(att))
+                       f"VALUES ({marks})", raw)
+            self._decoded[att.id] = (raw, att)
 
     def update(self, attachment_id: str, **changes: Any) -> Attachment:
         """Change some fields (and updated_at) of a row that must exist."""
@@ -168,17 +202,22 @@ class Store:
                              (attachment_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no attachment {attachment_id}", attachment_id=attachment_id)
-            att = dataclasses.replace(_attachment(row), updated_at=time.time(), **changes)
+            att = dataclasses.replace(self._decode(row), updated_at=time.time(), **changes)
             marks = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
-            db.execute(f"UPDATE attachments SET {marks} WHERE id = ?", (*_row(att)[1:], att.id))
+            raw = _row(att)
+            db.execute(f"UPDATE attachments SET {marks} WHERE id = ?", (*raw[1:], att.id))
+            self._decoded[att.id] = (raw, att)  # what a SELECT of the row gives back
         return att
 
     def delete(self, attachment_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM attachments WHERE id = ?", (attachment_id,))
+            self._decoded.pop(attachment_id, None)
 
     def purge_detached(self, older_than: float) -> int:
         with self._tx() as db:
             cur = db.execute("DELETE FROM attachments WHERE status = ? AND updated_at < ?",
                              (Status.DETACHED.value, older_than))
-            return cur.rowcount
+            self._decoded = {k: v for k, v in self._decoded.items()
+                             if v[1].status != Status.DETACHED}
+            return int(cur.rowcount)

@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from hostagent.connection_info import parse
 from hostagent.connectors.devices import describe
@@ -44,6 +44,23 @@ class Snapshot:
     rports: tuple[fc.RemotePort, ...]
     maps: dict[str, MapInfo] | None  # None: multipathd did not answer
     multipathd_error: str | None
+    # WWID -> dm-N of every multipath map, from sysfs (dm/uuid), read once per check:
+    # a lookup per attachment read every map's uuid, O(maps) each, O(N^2) a round.
+    # None: not read (each attachment's map is looked up on its own).
+    map_devices: dict[str, str] | None = None
+    # (iqn, portal) -> session, per iface, made at the first lookup of this check
+    # (once per attachment it was O(sessions) each).
+    _by_iface: dict[str | None, dict[tuple[str, str], scsi.IscsiSession]] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def sessions_of(self, iface: str | None) -> dict[tuple[str, str], scsi.IscsiSession]:
+        """The sessions by (IQN, portal), of `iface` only unless it is None."""
+        index = self._by_iface.get(iface)
+        if index is None:
+            index = {(s.iqn, str(s.portal)): s for s in self.sessions
+                     if iface is None or s.iface == iface}
+            self._by_iface[iface] = index
+        return index
 
 
 def unique_targets(targets: Iterable[IscsiTarget]) -> list[IscsiTarget]:
@@ -63,12 +80,26 @@ class Observer:
         except (HostAgentError, ValueError) as err:
             error = describe(err)
         return Snapshot(tuple(scsi.iscsi_sessions(self.fs)), tuple(fc.hbas(self.fs)),
-                        tuple(fc.remote_ports(self.fs)), maps, error)
+                        tuple(fc.remote_ports(self.fs)), maps, error, self._map_devices())
+
+    def _map_devices(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name in self.fs.listdir(SYS_BLOCK):
+            if name.startswith("dm-"):
+                uuid = self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") or ""
+                if uuid.startswith("mpath-"):
+                    found.setdefault(uuid[len("mpath-"):], name)
+        return found
+
+    def _map_device(self, wwid: str, snap: Snapshot) -> str | None:
+        if snap.map_devices is None:
+            return self.multipath.map_device(wwid)
+        return snap.map_devices.get(wwid)
 
     def observe(self, att: Attachment, device: Device, snap: Snapshot,
                 iface: str | None) -> AttachmentObservation:
         spec = parse(att.connection_info)
-        dm = self.multipath.map_device(device.wwn) if device.multipath else None
+        dm = self._map_device(device.wwn, snap) if device.multipath else None
         info = (snap.maps or {}).get(device.wwn)
         slaves = set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) if dm else set()
         notes: tuple[str, ...] = ()
@@ -107,8 +138,7 @@ class Observer:
         if not device.multipath:  # single-path mode: only the path it uses is expected
             used = {(p.target, p.portal) for p in device.paths}
             targets = [t for t in targets if (t.iqn, str(t.portal)) in used]
-        sessions = {(s.iqn, str(s.portal)): s for s in snap.sessions
-                    if iface is None or s.iface == iface}
+        sessions = snap.sessions_of(iface)
         paths = []
         for t in targets:
             s = sessions.get((t.iqn, str(t.portal)))

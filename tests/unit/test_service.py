@@ -197,3 +197,34 @@ def test_reconcile_marks_a_vanished_device_and_leaves_others_alone(agent: Agent)
 
 def test_the_database_is_private(agent: Agent) -> None:
     assert (agent.state_dir / DB_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_claims_follow_the_store_at_each_read_with_parsed_rows_cached(
+        tmp_path: Path) -> None:
+    """Each read of a ClaimsSource sees the store of that moment (the parsed
+    connection_info is cached per row version, never per read)."""
+    from dataclasses import replace
+
+    from hostagent.models import device_from_dict
+
+    store = Store(tmp_path / "state")
+    service = Service(store, {})
+    dev = device_from_dict({"path": "/dev/dm-0", "wwn": WWID, "multipath": True,
+                            "size_bytes": 1, "missing": [], "iscsi_targets": [],
+                            "paths": [{"device": "sda", "hctl": "3:0:0:1", "portal": P1,
+                                       "target": K2}]})
+    store.put(Attachment("other", ISCSI, info(K2, 1), True, "d" * 64, Status.ATTACHED,
+                         1.0, 1.0, device=dev))
+    store.put(Attachment("me", ISCSI, info(K2, 2), True, "e" * 64, Status.ATTACHING, 2.0, 2.0))
+    read = service.claims_for("me")
+    assert read().hctls == {"3:0:0:1"} and read().wwids == {WWID}
+    assert (K2, P1) in read().sessions
+    store.update("other", device=replace(dev, paths=(replace(dev.paths[0], hctl="5:0:0:1"),)))
+    assert read().hctls == {"5:0:0:1"}
+    store.update("other", status=Status.DETACHING)  # on its way out: claims nothing
+    assert read().hctls == frozenset() and read().sessions == frozenset()
+    store.update("other", status=Status.ATTACHED)
+    assert read().wwids == {WWID}
+    store.delete("other")
+    assert read().wwids == frozenset()
+    store.close()

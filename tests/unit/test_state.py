@@ -272,3 +272,42 @@ def test_a_failed_update_leaves_the_row_and_the_store_usable(store: Store) -> No
     # The transaction was ended: a new one can begin.
     store.put(_attachment("b"))
     assert store.get("b") is not None
+
+
+# ---- the decoded-row cache (issue 17: a claims read at every destructive step) ----------
+
+def test_an_unchanged_row_comes_back_as_the_same_object(store: Store) -> None:
+    store.put(_attachment("a"))
+    store.put(_attachment("b"))
+    first = {a.id: a for a in store.list()}
+    store.update("a", phase="scanning")
+    second = {a.id: a for a in store.list()}
+    assert second["b"] is first["b"]  # not decoded again
+    assert second["a"] is not first["a"] and second["a"].phase == "scanning"
+    assert store.get("b") is first["b"]
+
+
+def test_a_cached_list_sees_every_write_of_this_store(store: Store) -> None:
+    store.put(_attachment("a"))
+    assert [a.status for a in store.list()] == [Status.ATTACHED]
+    store.update("a", status=Status.DETACHED)
+    assert store.list() == []
+    assert [a.id for a in store.list(include_detached=True)] == ["a"]
+    store.put(_attachment("b"))
+    store.delete("b")
+    assert store.list() == [] and store.get("b") is None
+
+
+def test_a_cached_list_sees_another_connections_writes(tmp_path: Path) -> None:
+    one, two = Store(tmp_path / "state"), Store(tmp_path / "state")
+    try:
+        one.put(_attachment("a"))
+        assert [a.phase for a in one.list()] == [None]
+        assert [a.phase for a in two.list()] == [None]
+        two.update("a", phase="logging in")  # the other connection: data_version moves
+        assert [a.phase for a in one.list()] == ["logging in"]
+        two.put(_attachment("b"))
+        assert [a.id for a in one.list()] == ["a", "b"]
+    finally:
+        one.close()
+        two.close()
