@@ -15,7 +15,7 @@ setup(
         "prometheus-client",
     ],
     extras_require={
-        "test": ["pytest", "mypy", "ruff", "rtslib-fb", "schemathesis==4.32.5"],
+        "test": ["pytest", "mypy", "ruff", "rtslib-fb", "schemathesis==4.32.5", "matplotlib"],
     },
     entry_points={
         "console_scripts": [

@@ -8,7 +8,12 @@ Three ways to do the same work, interleaved (the order rotates every repetition)
 Cases: (a) one Datera 2-portal attach and detach from nothing; (b) 8 Datera volumes
 attached together, then detached together; (c) 8 K2 LUNs on one IQN attached one
 after another, then detached; (d) FC over 2 FCoE links; (e) GET /v1/attachments
-with 100 attachments recorded, and the daemon's RSS.
+with 100 attachments recorded, and the daemon's RSS; (f) growth: volumes attached one
+after another up to N (128; --max-n), K2 LUNs on one shared IQN with every 4th volume a
+Datera target of its own, through the agent's Service (store, claims, locks) as the daemon
+runs it; the N-th attach and (in reverse) the N-th detach measured, and at N = 1, 16, 32,
+64, 128 one health round, one /metrics scrape, GET /v1/attachments and the RSS (native and
+os-brick; results/bench-f-<time>.png plots the attach time against N).
 Per operation: wall time, CPU time of this process and the processes it waited for
 (user + system, os.times), the guest's total CPU time (/proc/stat, every process and
 kernel thread: iscsid, multipathd, udev, LIO), the commands the engine ran, and
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import cProfile
 import io
+import itertools
 import json
 import os
 import platform
@@ -38,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hostagent.agent.metrics import Metrics
+from hostagent.agent.service import AttachRequest, Service
 from hostagent.agent.state import Store
 from hostagent.cli.client import Client, ClientError
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
@@ -330,6 +338,8 @@ class Bench:
     notes: dict[str, str] = field(default_factory=dict)
     timelines: dict[str, list[str]] = field(default_factory=dict)  # case (a) attach, 1st rep
     fc_array: FcArray | None = None
+    scale: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # (f) by engine
+    max_n: int = 128
 
     def record(self, op: str, engine: str, sample: Sample) -> None:
         self.results.setdefault(op, {}).setdefault(engine, []).append(sample)
@@ -456,6 +466,196 @@ class Bench:
             self.record("d: FC detach", engine.name, s)
         finally:
             self.fc_array.unexport(export)
+
+    # ---- (f): growth with the number of volumes ----------------------------------
+    def case_f(self, engine: Engine) -> None:
+        if engine.name == "direct":
+            self.notes["f-direct"] = "direct: not measured (no agent: no service, health or API)"
+            return
+        LOOP.run_until_complete(self._case_f(engine))
+
+    async def _case_f(self, engine: Engine) -> None:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        from hostagent.api.app import make_app
+        from hostagent.health import HealthMonitor, HealthOptions
+
+        root = Path(tempfile.mkdtemp(prefix="hostagent-bench-f-"))
+        store = Store(root / "state")
+        connector = engine.iscsi  # type: ignore[attr-defined]
+        service = Service(store, {ISCSI: connector})
+        executor = getattr(engine, "executor", None)
+        metrics = Metrics(attachments=lambda: {a.status.value: 1 for a in store.list()},
+                          commands=(lambda: executor.counts) if executor else dict)
+        monitor = HealthMonitor(service, HostFS("/"), SocketClient(), metrics=metrics,
+                                options=HealthOptions(probe=True, self_heal=False))
+        app = make_app(service, peer_check=None, preflight=None,  # type: ignore[arg-type]
+                       health=monitor, metrics=metrics)
+        rows: list[dict[str, Any]] = []
+        done: list[tuple[Export, str]] = []
+        self.scale[engine.name] = rows
+        try:
+            async with TestClient(TestServer(app)) as client:
+                stop = None
+                for n in range(1, self.max_n + 1):
+                    free = _mem_available_mib()
+                    if free < MIN_FREE_MIB:
+                        stop = f"stopped before N={n}: MemAvailable {free} MiB < {MIN_FREE_MIB}"
+                        break
+                    export = (self.array.export_datera(size_mb=16) if n % 4 == 0
+                              else self.array.export_k2(size_mb=16))
+                    att_id = f"f-{engine.name}-{n}"
+                    spec = parse(export.connection_info)
+                    req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
+                    s = await _ameasure(engine, lambda r=req: service.attach(r))  # type: ignore[misc]
+                    done.append((export, att_id))
+                    row: dict[str, Any] = {"n": n, "kind": export.personality,
+                                           "attach": asdict(s), "mem_available_mib": free}
+                    rows.append(row)
+                    self.record(f"f: attach N={n}", engine.name, s)
+                    if n in F_POINTS or n == self.max_n:
+                        row.update(await _f_point(client, monitor, engine))
+                        print(f"  f {engine.name} N={n}: health {row['health']['wall']:.2f} s "
+                              f"(cpu {row['health']['cpu']:.2f} s, {row['health']['paths']} "
+                              f"paths), /metrics {row['metrics_ms']:.1f} ms, GET "
+                              f"{row['list_ms']:.1f} ms, RSS {row['rss_kib'] / 1024:.1f} MiB",
+                              flush=True)
+                if stop:
+                    self.notes[f"f-{engine.name}-limit"] = stop
+                    print(f"  f {engine.name}: {stop}", flush=True)
+                while done:
+                    export, att_id = done[-1]
+                    n = len(done)
+                    s = await _ameasure(engine, lambda a=att_id: service.detach(a))  # type: ignore[misc]
+                    done.pop()
+                    self.array.unexport(export)
+                    rows[n - 1]["detach"] = asdict(s)
+                    self.record(f"f: detach N={n}", engine.name, s)
+        finally:
+            for export, att_id in reversed(done):  # after a failure: what is left
+                with contextlib.suppress(Exception):
+                    await service.detach(att_id, force=True)
+                with contextlib.suppress(Exception):
+                    self.array.unexport(export)
+            store.close()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+F_POINTS = (1, 16, 32, 64, 128)
+MIN_FREE_MIB = 160  # the guest has 2 GiB; below this a ramp stops, said in the notes
+
+
+def _mem_available_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+async def _ameasure(engine: Engine, work: Callable[[], Coroutine[Any, Any, Any]]) -> Sample:
+    """measure() from inside the running loop."""
+    cmds, cpu, (gcpu, forks) = engine.commands(), _own_cpu(), _guest_stat()
+    start = time.monotonic()
+    await work()
+    wall = time.monotonic() - start
+    gcpu2, forks2 = _guest_stat()
+    return Sample(round(wall, 3), round(_own_cpu() - cpu, 3), round(gcpu2 - gcpu, 2),
+                  engine.commands() - cmds, forks2 - forks)
+
+
+async def _f_point(client: Any, monitor: Any, engine: Engine) -> dict[str, Any]:
+    """One health round, one /metrics scrape, one GET /v1/attachments, the RSS."""
+    cpu, t0 = _own_cpu(), time.monotonic()
+    report = await monitor.check()
+    health = {"wall": round(time.monotonic() - t0, 3), "cpu": round(_own_cpu() - cpu, 3),
+              "paths": sum(len(h.paths) for h in report.attachments),
+              "up": sum(p.state == "up" for h in report.attachments for p in h.paths),
+              "verdict": report.verdict.value}
+    t0 = time.monotonic()
+    resp = await client.get("/metrics")
+    assert resp.status == 200, resp.status
+    await resp.read()
+    metrics_ms = (time.monotonic() - t0) * 1000
+    t0 = time.monotonic()
+    resp = await client.get("/v1/attachments")
+    assert resp.status == 200, resp.status
+    await resp.read()
+    list_ms = (time.monotonic() - t0) * 1000
+    return {"health": health, "metrics_ms": round(metrics_ms, 2), "list_ms": round(list_ms, 2),
+            "rss_kib": _rss_kib(os.getpid())}
+
+
+def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
+    """(f) at the measured points: the N-th attach and detach, health, API, RSS."""
+    lines = ["| N | engine | attach wall s | attach CPU s | attach cmds | attach guest CPU s "
+             "| detach wall s | detach CPU s | detach cmds | health round wall / CPU s (paths) "
+             "| /metrics ms | GET /v1/attachments ms | RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for engine, rows in scale.items():
+        for row in rows:
+            if "health" not in row:
+                continue
+            a, d, h = row["attach"], row.get("detach"), row["health"]
+            det = (f"{d['wall']:.2f} | {d['cpu']:.2f} | {d['commands']}" if d
+                   else "n/a | n/a | n/a")
+            lines.append(f"| {row['n']} ({row['kind']}) | {engine} | {a['wall']:.2f} | "
+                         f"{a['cpu']:.2f} | {a['commands']} | {a['guest_cpu']:.2f} | {det} | "
+                         f"{h['wall']:.2f} / {h['cpu']:.2f} ({h['paths']}) | "
+                         f"{row['metrics_ms']:.1f} | {row['list_ms']:.1f} | "
+                         f"{row['rss_kib'] / 1024:.1f} |")
+    lines += ["", "Medians over the K2 attaches / detaches of each quarter of the ramp "
+              "(Datera ones log in and cost more):", "",
+              "| engine | N range | K2 attach wall s | K2 attach CPU s | K2 detach wall s "
+              "| K2 detach CPU s |", "|---|---|---|---|---|---|"]
+    for engine, rows in scale.items():
+        k2 = [r for r in rows if r["kind"] == "k2"]
+        if not k2:
+            continue
+        top = max(r["n"] for r in rows)
+        bounds = sorted({1, *(max(1, top * q // 4) for q in (1, 2, 3)), top + 1})
+        for lo, hi in itertools.pairwise(bounds):
+            part = [r for r in k2 if lo <= r["n"] < hi]
+            if not part:
+                continue
+
+            def med(key: str, what: str, part: list[dict[str, Any]] = part) -> str:
+                vals = [r[key][what] for r in part if key in r]
+                return f"{statistics.median(vals):.2f}" if vals else "n/a"
+            lines.append(f"| {engine} | {lo}-{hi - 1} | {med('attach', 'wall')} | "
+                         f"{med('attach', 'cpu')} | {med('detach', 'wall')} | "
+                         f"{med('detach', 'cpu')} |")
+    return "\n".join(lines)
+
+
+def plot_f(scale: dict[str, list[dict[str, Any]]], out: Path) -> str:
+    """Per-attach (and per-detach) wall and CPU time against N, both engines."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        return f"no plot: {err}"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
+    for engine, rows in scale.items():
+        for ax, key in zip(axes, ("attach", "detach"), strict=True):
+            pts = [(r["n"], r[key]) for r in rows if key in r]
+            for kind, mark in (("k2", "o"), ("datera", "^")):
+                sel = [(n, v) for n, v in pts if rows[n - 1]["kind"] == kind]
+                if sel:
+                    ax.plot([n for n, _ in sel], [v["wall"] for _, v in sel], mark,
+                            markersize=3, label=f"{engine} {kind} wall")
+            ax.plot([n for n, _ in pts], [v["cpu"] for _, v in pts], "-", linewidth=1,
+                    label=f"{engine} CPU (agent+children)")
+    for ax, key in zip(axes, ("attach", "detach"), strict=True):
+        ax.set_xlabel("N (volumes attached, counting this one)")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"the N-th {key}")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return str(out)
 
 
 def _add(a: Sample, b: Sample) -> Sample:
@@ -620,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="repetitions of (b) and (c), minutes each under emulation")
     parser.add_argument("--cases", default="abcde", help="which cases, e.g. 'ab'")
     parser.add_argument("--requests", type=int, default=50, help="GETs per daemon in (e)")
+    parser.add_argument("--max-n", type=int, default=128,
+                        help="(f): volumes attached at most (K2 LUNs, every 4th a Datera)")
+    parser.add_argument("--profile-f", action="store_true",
+                        help="(f): run native's ramp under cProfile (uncounted extra run)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the extra, uncounted case (b) of native under cProfile")
     args = parser.parse_args(argv)
@@ -627,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hostagent-bench-array-"))
     locks = tempfile.mkdtemp(prefix="hostagent-bench-locks-")
     engines: list[Engine] = [Native(locks), Brick(locks), Direct(locks)]
-    bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines})
+    bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines},
+                  max_n=args.max_n)
     fabric = None
     if "d" in args.cases:
         fabric = FcFabric(links=2)
@@ -640,8 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(max(args.reps, args.heavy_reps)):
             order = engines[rep % 3:] + engines[:rep % 3]  # interleaved, rotating
             print(f"== repetition {rep + 1}: {', '.join(e.name for e in order)}", flush=True)
-            for case in "abcd":
-                reps = args.heavy_reps if case in "bc" else args.reps
+            for case in "abcdf":
+                reps = args.heavy_reps if case in "bcf" else args.reps
                 if case in args.cases and rep < reps:
                     for engine in order:
                         bench.run(case, engine)
@@ -651,6 +856,22 @@ def main(argv: list[str] | None = None) -> int:
         if "b" in args.cases and args.profile:
             profile = bench.profile_b(engines[0])
             (RESULTS / "bench-profile-b-native.txt").write_text(profile)
+        if "f" in args.cases and args.profile_f:
+            counted, bench.results = bench.results, {}
+            scale = bench.scale
+            bench.scale = {}
+            profile = cProfile.Profile()
+            profile.enable()
+            try:
+                bench.run("f", engines[0])
+            finally:
+                profile.disable()
+                bench.results, bench.scale = counted, scale
+            out = io.StringIO()
+            stats = pstats.Stats(profile, stream=out).strip_dirs()
+            stats.sort_stats("tottime").print_stats(30)
+            stats.sort_stats("cumulative").print_stats(50)
+            (RESULTS / "bench-profile-f-native.txt").write_text(out.getvalue())
         if "e" in args.cases:
             for name in ("native", "os-brick"):
                 try:
@@ -663,15 +884,21 @@ def main(argv: list[str] | None = None) -> int:
             bench.fc_array.close()
         if fabric is not None:
             fabric.stop()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if bench.scale:
+        bench.notes["f-plot"] = plot_f(bench.scale, RESULTS / f"bench-f-{stamp}.png")
+        # The per-N rows are in the (f) table and the JSON's "scale", not the main table.
+        bench.results = {op: by for op, by in bench.results.items() if not op.startswith("f:")}
     summary = summarize(bench.results)
     text = table(summary, bench.notes)
+    if bench.scale:
+        text += "\n\n" + table_f(bench.scale)
     print("\n" + text)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     out = RESULTS / f"bench-{stamp}.json"
     out.write_text(json.dumps({
         "machine": machine(), "reps": args.reps, "cases": args.cases,
         "seconds": round(time.monotonic() - started), "summary": summary, "notes": bench.notes,
-        "timelines_a_attach": bench.timelines,
+        "timelines_a_attach": bench.timelines, "max_n": args.max_n, "scale": bench.scale,
         "samples": {op: {e: [asdict(s) for s in ss] for e, ss in by.items()}
                     for op, by in bench.results.items()}}, indent=2))
     (RESULTS / "bench-table.md").write_text(text + "\n")
