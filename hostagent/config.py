@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import grp
+import ipaddress
 import math
 import pwd
 from collections.abc import Callable
@@ -37,6 +38,8 @@ class Config:
     restore: bool = True  # attached volumes gone at start-up (a reboot) are made again
     log_level: str = "INFO"
     max_body_bytes: int = 64 * 1024
+    # This host's address in the connector (`ip`); None: the default route's source.
+    my_ip: str | None = None
     # [iscsi]
     iface: str = "hostagent"
     login_timeout: int = 5
@@ -131,6 +134,19 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _ip(text: str) -> str | None:
+    """An address of this host, as the controller should see it; empty: unset."""
+    if not text:
+        return None
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+    if addr.is_unspecified or addr.is_multicast:
+        raise ValueError("must be an address of this host (not unspecified or multicast)")
+    return str(addr)
+
+
 def _path(text: str) -> str:
     if not text.startswith("/"):
         raise ValueError("must be an absolute path")
@@ -152,6 +168,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "restore": ("restore", _bool),
         "log_level": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
         "max_body_bytes": ("max_body_bytes", _count),
+        "my_ip": ("my_ip", _ip),
     },
     "iscsi": {
         "iface": ("iface", _name),

@@ -77,10 +77,10 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
                              login_attempts=cfg.login_attempts,
                              portal_retry_interval=cfg.portal_retry_interval,
                              device_timeout=cfg.device_timeout,
-                             command_timeout=cfg.command_timeout))
+                             command_timeout=cfg.command_timeout, my_ip=cfg.my_ip))
     fc = FcConnector(run, fs, udev, mpd, locks=locks, clock=clock,
                      options=FcOptions(device_timeout=cfg.device_timeout,
-                                       command_timeout=cfg.command_timeout))
+                                       command_timeout=cfg.command_timeout, my_ip=cfg.my_ip))
     connectors: dict[str, Connector] = {ISCSI: iscsi, FIBRE_CHANNEL: fc}
     if cfg.engine == "os-brick":  # loads os-brick now, not at the first attach
         connectors = brick_connectors(fs, BrickOptions(lock_path=cfg.lock_path), connectors)

@@ -303,9 +303,14 @@ class FcConnector:
         return None
 
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]:
-        """What os-brick's get_connector_properties returns for FC: online ports only."""
-        props = host_properties(multipath=multipath, my_ip=self.options.my_ip)
-        online = [h for h in fc.hbas(self.fs) if h.online]
+        """What os-brick's get_connector_properties returns, with its FC `wwpns` and
+        `wwnns`: the ports whose port_state is Online, in the order the kernel lists
+        /sys/class/fc_host (os-brick globs it), each list left out when empty."""
+        from hostagent.connectors.base import sysfs_order
+
+        props = host_properties(self.fs, multipath=multipath, my_ip=self.options.my_ip)
+        online = sorted((h for h in fc.hbas(self.fs) if h.online),
+                        key=lambda h: sysfs_order(f"host{h.host}"))
         if online:
             props["wwpns"] = [h.port_name for h in online]
             props["wwnns"] = [h.node_name for h in online]

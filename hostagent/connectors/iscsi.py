@@ -413,10 +413,17 @@ class IscsiConnector:
         return None
 
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]:
-        """What os-brick's get_connector_properties returns for iSCSI."""
-        props = host_properties(multipath=multipath, my_ip=self.options.my_ip)
-        initiator = self.initiator_name()
-        if initiator:
+        """What os-brick's get_connector_properties returns, with its iSCSI `initiator`:
+        read as os-brick reads it (`cat`, first line starting `InitiatorName=`), the
+        file as it is (HostFS.read would strip its first line's indentation)."""
+        from hostagent.connectors.base import iscsi_initiator
+
+        props = host_properties(self.fs, multipath=multipath, my_ip=self.options.my_ip)
+        try:
+            text: str | None = self.fs.path(INITIATOR_FILE).read_text()
+        except (OSError, UnicodeDecodeError):
+            text = None
+        if initiator := iscsi_initiator(text):
             props["initiator"] = initiator
         return props
 

@@ -77,6 +77,7 @@ multipath = off
 restore = off
 log_level = DEBUG
 max_body_bytes = 0x2000
+my_ip = 10.20.30.40
 
 [iscsi]
 iface = san0
@@ -108,7 +109,8 @@ def test_every_option_parses_with_its_type(tmp_path: Path) -> None:
         allowed_users=("nova", "1001", "cinder"), allowed_groups=("disk", "6"),
         state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="os-brick",
         multipath=False, restore=False, log_level="DEBUG", max_body_bytes=8192,
-        iface="san0", login_timeout=7, login_attempts=3, portal_retry_interval=0.0,
+        my_ip="10.20.30.40", iface="san0", login_timeout=7, login_attempts=3,
+        portal_retry_interval=0.0,
         attach_timeout=300.0, detach_timeout=90.5, device_timeout=12.0, command_timeout=0.25,
         max_parallel_commands=4, detached_retention=3600.0, health_interval=5.0,
         self_heal=False, heal_interval=120.0, probe_read=False, probe_timeout=2.5)
@@ -307,3 +309,40 @@ def test_sample_lists_every_option_once() -> None:
 
 def test_sample_writes_socket_mode_in_octal() -> None:
     assert "#socket_mode = 0660" in SAMPLE.read_text().splitlines()
+
+
+# ---- my_ip ---------------------------------------------------------------------------
+
+def test_my_ip_defaults_to_unset() -> None:
+    assert Config().my_ip is None
+    assert config.parse("[DEFAULT]\nmy_ip =\n").my_ip is None
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("192.168.10.5", "192.168.10.5"),
+    (" 10.0.0.1 ", "10.0.0.1"),
+    ("2001:DB8:0:0::7", "2001:db8::7"),  # the compressed form, as the kernel prints it
+    ("127.0.0.1", "127.0.0.1"),  # allowed (a one-host test bed); preflight warns
+])
+def test_my_ip_is_an_address(text: str, value: str) -> None:
+    assert config.parse(f"[DEFAULT]\nmy_ip = {text}\n").my_ip == value
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("host.example.com", "must be an IPv4 or IPv6 address"),
+    ("10.0.0", "must be an IPv4 or IPv6 address"),
+    ("10.0.0.1/24", "must be an IPv4 or IPv6 address"),
+    ("010.0.0.1", "must be an IPv4 or IPv6 address"),
+    ("10.0.0.1, 10.0.0.2", "must be an IPv4 or IPv6 address"),
+    ("0.0.0.0", "must be an address of this host (not unspecified or multicast)"),
+    ("::", "must be an address of this host (not unspecified or multicast)"),
+    ("224.0.0.1", "must be an address of this host (not unspecified or multicast)"),
+])
+def test_a_bad_my_ip_is_named(text: str, why: str) -> None:
+    err = _invalid(f"[DEFAULT]\nmy_ip = {text}\n")
+    assert err.option == "DEFAULT.my_ip"
+    assert err.message == f"DEFAULT.my_ip: {text!r}: {why}"
+
+
+def test_my_ip_belongs_to_default() -> None:
+    assert _invalid("[iscsi]\nmy_ip = 10.0.0.1\n").option == "iscsi.my_ip"
