@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hostagent.connectors.base import PathRepair, Progress, host_properties, no_progress
+from hostagent.connectors.base import PathRepair, Progress, no_progress
 from hostagent.connectors.devices import (
     Devices,
     ScsiPath,
@@ -27,6 +27,7 @@ from hostagent.connectors.devices import (
     path_failures,
 )
 from hostagent.connectors.locks import TargetLocks
+from hostagent.connectors.properties import host_properties, sysfs_order
 from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     HostAgentError,
@@ -306,8 +307,6 @@ class FcConnector:
         """What os-brick's get_connector_properties returns, with its FC `wwpns` and
         `wwnns`: the ports whose port_state is Online, in the order the kernel lists
         /sys/class/fc_host (os-brick globs it), each list left out when empty."""
-        from hostagent.connectors.base import sysfs_order
-
         props = host_properties(self.fs, multipath=multipath, my_ip=self.options.my_ip)
         online = sorted((h for h in fc.hbas(self.fs) if h.online),
                         key=lambda h: sysfs_order(f"host{h.host}"))

@@ -21,7 +21,6 @@ from hostagent.connectors.base import (
     PathRepair,
     Progress,
     RepairKind,
-    host_properties,
     no_progress,
 )
 from hostagent.connectors.devices import (
@@ -32,6 +31,7 @@ from hostagent.connectors.devices import (
     path_failures,
 )
 from hostagent.connectors.locks import TargetLocks
+from hostagent.connectors.properties import host_properties, iscsi_initiator
 from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     AuthenticationFailed,
@@ -404,20 +404,10 @@ class IscsiConnector:
     def session_iface(self) -> str | None:
         return self.options.iface
 
-    def initiator_name(self) -> str | None:
-        text = self.fs.try_read(INITIATOR_FILE) or ""
-        for line in text.splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "InitiatorName" and value.strip():
-                return value.strip()
-        return None
-
     def connector_properties(self, *, multipath: bool) -> dict[str, Any]:
         """What os-brick's get_connector_properties returns, with its iSCSI `initiator`:
         read as os-brick reads it (`cat`, first line starting `InitiatorName=`), the
         file as it is (HostFS.read would strip its first line's indentation)."""
-        from hostagent.connectors.base import iscsi_initiator
-
         props = host_properties(self.fs, multipath=multipath, my_ip=self.options.my_ip)
         try:
             text: str | None = self.fs.path(INITIATOR_FILE).read_text()

@@ -24,6 +24,7 @@ SYS_BLOCK = "/sys/block"
 SYS_CLASS = "/sys/class"
 DEV = "/dev"
 ETC_ISCSI = "/etc/iscsi"
+ETC_NVME = "/etc/nvme"
 VAR_LIB_ISCSI = "/var/lib/iscsi"  # RHEL's node db
 ETC_MULTIPATH = "/etc/multipath"
 MULTIPATH_CONF = "/etc/multipath.conf"

@@ -1,6 +1,6 @@
 """GET /v1/connector against os-brick 7.1.1's get_connector_properties, key by key,
 on the guest: the same keys with the same values, but for the differences
-hostagent.connectors.base documents (each allowed here only where its condition
+hostagent.connectors.properties documents (each allowed here only where its condition
 holds), and `ip` never loopback.
 
 os-brick is called as nova calls it (nova-compute: my_ip = CONF.my_ip, whose default
@@ -123,7 +123,7 @@ def nvme_cli_present() -> bool:
 
 
 def documented_differences(before: dict[str, bool]) -> set[str]:
-    """The keys os-brick may report and hostagent not, by hostagent.connectors.base's
+    """The keys os-brick may report and hostagent not, by hostagent.connectors.properties's
     list; `before`: what the host had before os-brick ran."""
     allowed: set[str] = set()
     if nvme_cli_present():

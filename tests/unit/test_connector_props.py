@@ -18,7 +18,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from hostagent.agent.daemon import build
 from hostagent.config import Config
-from hostagent.connectors.base import (
+from hostagent.connectors.properties import (
     host_ips,
     host_properties,
     iscsi_initiator,
