@@ -1,9 +1,11 @@
 """The hostagent demo, run INSIDE the guest by scripts/lib/guest-demo.
 
 An LIO array exports a Datera-style and a K2-style volume with the connection_info
-the Cinder drivers send; `hostagent serve` attaches both through hostagent-cli,
-4 MiB of random data go through each multipath device and back, both volumes are
-detached and nothing may be left behind. Every step prints a `==> step` header
+the Cinder drivers send; the node is prepared as an operator would (preflight,
+`hostagent-cli multipath install`, preflight again); `hostagent serve` attaches both
+through hostagent-cli, 4 MiB of random data go through each multipath device and
+back, each map is shown running on its vendor's settings, both volumes are detached
+and nothing may be left behind. Every step prints a `==> step` header
 and the commands it runs; the exit status is 0 only if every step succeeded.
 """
 
@@ -43,7 +45,7 @@ log_level = INFO
 """
 DATA_BYTES = 4 << 20
 COMMAND_TIMEOUT = 300  # s, for any one command: an attach under TCG takes well under that
-# What a detach must take away (the array's loop devices and LIO objects go with step 7).
+# What a detach must take away (the array's loop devices and LIO objects go with step 8).
 INITIATOR_SIDE = ("sessions", "node records", "scsi devices", "block devices")
 
 
@@ -154,6 +156,22 @@ def check_data(device: str) -> None:
     print(f"{device}: the data matched (sha256 {want[:16]}...)")
 
 
+# What `multipath -ll` shows of etc/multipath.conf.d's stanzas (the vendors' values).
+# Not K2's hardware_handler "0": LIO reports ALUA, so the kernel attaches scsi_dh_alua
+# at scan and keeps it (kernels >= 4.3 retain an attached handler); a K2 reports none.
+POLICIES = {"datera": ("hwhandler='1 alua'", "policy='queue-length 0'"),
+            "k2": ("features='0'", "policy='queue-length 0'")}  # no_path_retry fail
+
+
+def check_policy(att_id: str, export: Export) -> None:
+    out = sh(["multipath", "-ll", export.wwid], capture=True).stdout
+    wanted = POLICIES[export.personality]
+    if not all(w in out for w in wanted):
+        raise DemoFailed(f"{att_id}'s map does not run on the {export.personality} settings "
+                         f"({', '.join(wanted)})")
+    print(f"{att_id}: {export.personality} settings in effect ({', '.join(wanted)})")
+
+
 def run_demo(d: Demo) -> None:
     step("1. prepare the guest (modules, portals, iscsid, multipathd) and an LIO array")
     guest = guest_mod.prepare()
@@ -170,24 +188,34 @@ def run_demo(d: Demo) -> None:
               f"Cinder's connection_info in {files[att_id]}:")
         print(json.dumps(export.connection_info, indent=2))
 
-    step("2. start the agent")
+    step("2. prepare the node as an operator would: preflight, hostagent's multipath settings")
+    preflight = ["hostagent-cli", "preflight", *(f"--portal={p}" for p in guest.portal_ips[:2])]
+    first = sh(preflight, ok=(0, 1, 2))
+    if first.returncode == 2:
+        print("preflight fails where hostagent's multipath settings are not installed yet; "
+              "its remedy says what to run:", flush=True)
+    sh(["hostagent-cli", "multipath", "install"])
+    sh(preflight, ok=(0, 1))  # 1: warnings only, each with its remedy
+
+    step("3. start the agent")
     d.daemon = start_daemon()
 
-    step("3. attach both volumes")
+    step("4. attach both volumes")
     devices = {}
     for att_id, export in exports.items():
         devices[att_id], d.times[f"attach {att_id}"] = attach(att_id, files[att_id], export)
 
-    step("4. write and read back 4 MiB on each multipath device")
+    step("5. write and read back 4 MiB on each multipath device")
     for device in devices.values():
         check_data(device)
 
-    step("5. what the host sees")
+    step("6. what the host sees: the vendors' path policies in effect")
     cli("list")
-    sh(["multipath", "-ll"])
+    for att_id, export in exports.items():
+        check_policy(att_id, export)
     sh(["iscsiadm", "-m", "session"])
 
-    step("6. detach both volumes; nothing may be left behind")
+    step("7. detach both volumes; nothing may be left behind")
     for att_id in exports:
         start = time.monotonic()
         cli("detach", att_id)
@@ -203,8 +231,8 @@ def run_demo(d: Demo) -> None:
 
 
 def finish(d: Demo) -> list[str]:
-    """Step 7, also after a failure: stop the daemon and the array; what went wrong."""
-    step("7. stop the agent and the array")
+    """Step 8, also after a failure: stop the daemon and the array; what went wrong."""
+    step("8. stop the agent and the array")
     problems = []
     if d.daemon is not None:
         print(f"$ kill -TERM {d.daemon.pid}  # hostagent serve", flush=True)
