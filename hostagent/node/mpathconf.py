@@ -99,6 +99,29 @@ def parse(text: str) -> Block:
 # ---- hostagent's vendor stanzas -----------------------------------------------------
 
 @dataclass(frozen=True)
+class HostDefault:
+    """A setting a vendor publishes that multipath-tools reads from `defaults` only."""
+
+    key: str
+    value: str
+    source: str  # where the vendor publishes it
+    unset: str  # what multipath-tools does without it
+
+
+# A device stanza cannot carry these, and in `defaults` they apply to every array's
+# paths on the node: preflight checks them and its remedy says how to set them, but
+# `multipath install` does not write them (docs/architecture.md, "Vendor settings").
+HOST_DEFAULTS: dict[tuple[str, str], tuple[HostDefault, ...]] = {
+    # Datera/datera-csi assets/multipath.conf: `defaults { checker_timeout 5 }`.
+    # Unset, select_checker() (libmultipath/propsel.c) takes the path's sysfs timeout.
+    ("DATERA", "IBLOCK"): (HostDefault(
+        "checker_timeout", "5", "Datera's multipath.conf (datera-csi)",
+        "a path checker waits for the path's SCSI command timeout "
+        "(/sys/block/sdX/device/timeout, 30 s by default)"),),
+}
+
+
+@dataclass(frozen=True)
 class Stanza:
     file: str
     vendor: str
@@ -109,6 +132,10 @@ class Stanza:
     @property
     def name(self) -> str:
         return f"{self.vendor}/{self.product}"
+
+    @property
+    def host_defaults(self) -> tuple[HostDefault, ...]:
+        return HOST_DEFAULTS.get((self.vendor, self.product), ())
 
 
 def stanza_dir() -> Path:
@@ -202,6 +229,79 @@ def stanza_differences(config: Block, stanza: Stanza) -> list[str]:
             shown = "unset" if got.value is None else f'"{got.value}" (from {got.source})'
             diffs.append(f'{key}: wants "{wanted}", multipath uses {shown}')
     return diffs
+
+
+# ---- what multipathd writes into the transport (pure) ------------------------------
+#
+# Each time multipathd sets up a map (created, reloaded, `multipathd reconfigure`),
+# setup_map() (opensvc/multipath-tools libmultipath/configure.c) calls
+# sysfs_set_scsi_tmo() (libmultipath/discovery.c), which for each path of the map:
+# - raises a dev_loss_tmo that is set to at least no_path_retry * polling_interval when
+#   no_path_retry is a number, and to "infinity" when it is "queue" (never an unset one);
+# - turns fast_io_fail_tmo off when it is not smaller than that dev_loss_tmo;
+# - FC (sysfs_set_rport_tmo): writes fast_io_fail_tmo and dev_loss_tmo into the path's
+#   /sys/class/fc_remote_ports/rport-*; without a positive fast_io_fail_tmo a
+#   dev_loss_tmo above 600 is cut to 600 (unless no_path_retry is "queue");
+# - iSCSI (sysfs_set_session_tmo): writes a positive fast_io_fail_tmo into the session's
+#   /sys/class/iscsi_session/session*/recovery_tmo, which otherwise keeps the node
+#   record's replacement_timeout (multipathd cannot write "off" or 0 there, and ignores
+#   dev_loss_tmo on iSCSI).
+# So on a mapped iSCSI session fast_io_fail_tmo, not iscsid.conf's replacement_timeout,
+# decides how long a dead path holds I/O. Seen in the guest: a K2 map's sessions read
+# recovery_tmo 2 with replacement_timeout 5, and 2 again after `multipathd reconfigure`
+# when 7 had been written by hand (tests/kernel/test_preflight.py measures it).
+
+MAX_DEV_LOSS_TMO = 2**32 - 1  # multipath-tools' "infinity" (UINT_MAX)
+FC_DEV_LOSS_LIMIT = 600  # without fast_io_fail_tmo (DEFAULT_DEV_LOSS_TMO)
+DEFAULT_POLLING_INTERVAL = 5
+
+
+@dataclass(frozen=True)
+class MappedTimeouts:
+    """What multipathd writes for the paths of one vendor's maps."""
+
+    recovery_tmo: int | None  # into each iSCSI session; None: replacement_timeout stays
+    dev_loss_tmo: int | None  # into each FC remote port; None: the port's own stays
+    reason: str  # how recovery_tmo was decided, for reports
+
+
+def _seconds(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value == "infinity":
+        return MAX_DEV_LOSS_TMO
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def mapped_timeouts(config: Block, vendor: str, product: str) -> MappedTimeouts:
+    """The timeouts multipathd gives the paths of a vendor's maps (see above)."""
+    fast = effective(config, vendor, product, "fast_io_fail_tmo")
+    dev_loss = _seconds(effective(config, vendor, product, "dev_loss_tmo").value)
+    retry = effective(config, vendor, product, "no_path_retry").value
+    checkint = _seconds(config.section("defaults").get("polling_interval")) \
+        or DEFAULT_POLLING_INTERVAL
+    minimum = MAX_DEV_LOSS_TMO if retry == "queue" else \
+        min((_seconds(retry) or 0) * checkint, MAX_DEV_LOSS_TMO)
+    if dev_loss is not None:
+        dev_loss = max(dev_loss, minimum)
+    fast_s = _seconds(fast.value) if fast.value != "infinity" else None
+    if fast.value is None:
+        recovery, reason = None, "fast_io_fail_tmo is unset"
+    elif fast_s is None or fast_s <= 0:
+        recovery, reason = None, f"fast_io_fail_tmo {fast.value} (from {fast.source}) " \
+            "cannot be written to a session"
+    elif dev_loss is not None and fast_s >= dev_loss:
+        recovery, reason = None, f"fast_io_fail_tmo {fast_s} (from {fast.source}) is not " \
+            f"smaller than dev_loss_tmo {dev_loss}: multipathd turns it off"
+    else:
+        recovery, reason = fast_s, f"fast_io_fail_tmo from {fast.source}"
+    if dev_loss is not None and recovery is None and dev_loss > FC_DEV_LOSS_LIMIT \
+            and retry != "queue":
+        dev_loss = FC_DEV_LOSS_LIMIT
+    return MappedTimeouts(recovery, dev_loss, reason)
 
 
 # ---- the host ---------------------------------------------------------------------

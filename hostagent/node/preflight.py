@@ -18,17 +18,27 @@ from typing import Any
 from hostagent.errors import CommandNotFound, HostAgentError
 from hostagent.host import fc
 from hostagent.host.executor import Executor
-from hostagent.host.fs import BIN_DIRS, ETC_ISCSI, MULTIPATH_CONF, SYS_MODULE, HostFS
+from hostagent.host.fs import (
+    BIN_DIRS,
+    ETC_ISCSI,
+    MULTIPATH_CONF,
+    MULTIPATH_CONF_DIR,
+    SYS_MODULE,
+    HostFS,
+)
 from hostagent.host.iscsiadm import IscsiErr
 from hostagent.host.multipath import MultipathdClient
 from hostagent.host.net import Net, Route
 from hostagent.models import Portal
 from hostagent.node.mpathconf import (
     Block,
+    HostDefault,
+    MappedTimeouts,
     MultipathConfig,
     Stanza,
     blacklisted_by,
     effective,
+    mapped_timeouts,
     stanza_differences,
 )
 
@@ -38,7 +48,9 @@ COMMAND_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 3.0
 # With multipath a dead path must fail fast so I/O moves on: open-iscsi's 120 s
 # default replacement_timeout holds I/O that long (os-brick and the array
-# vendors' guides ask for a few seconds to about 20).
+# vendors' guides ask for a few seconds to about 20). On a session a map uses,
+# multipathd replaces it with fast_io_fail_tmo (mpathconf.mapped_timeouts), so the
+# limit applies to whichever of the two a mapped session really gets.
 MAX_REPLACEMENT_TIMEOUT = 20
 MAX_NOOP = 15
 
@@ -166,37 +178,104 @@ def _conf_values(text: str) -> dict[str, str]:
     return values
 
 
-def iscsid_conf_check(text: str | None) -> Check:
+REPLACEMENT = "node.session.timeo.replacement_timeout"
+NOOP_KEYS = ("node.conn[0].timeo.noop_out_interval", "node.conn[0].timeo.noop_out_timeout")
+
+
+def iscsid_conf_check(text: str | None,
+                      mapped: Sequence[tuple[str, MappedTimeouts]] | None = None) -> Check:
+    """iscsid.conf's timeouts, and the recovery_tmo a mapped session really gets.
+
+    `mapped`: per vendor stanza, what multipathd writes into the sessions of its maps
+    (mpathconf.mapped_timeouts); None when multipath's settings could not be read,
+    and replacement_timeout is then judged as if every session used it.
+    """
     cid = "iscsi.timeouts"
     if text is None:
         return Check(cid, Status.WARN, f"{ISCSID_CONF} is missing: open-iscsi's built-in "
                      "timeouts hold I/O on a dead path for 120 s",
                      f"install open-iscsi. {install_hint(OPEN_ISCSI)}", OPEN_ISCSI)
     values = _conf_values(text)
-    found, problems = [], []
-    for key, default, limit in (
-            ("node.session.timeo.replacement_timeout", 120, MAX_REPLACEMENT_TIMEOUT),
-            ("node.conn[0].timeo.noop_out_interval", 5, MAX_NOOP),
-            ("node.conn[0].timeo.noop_out_timeout", 5, MAX_NOOP)):
+    numbers: dict[str, int] = {}
+    problems: list[str] = []
+    for key, default in ((REPLACEMENT, 120), *((k, 5) for k in NOOP_KEYS)):
         raw = values.get(key, str(default))
         try:
-            value = int(raw)
+            numbers[key] = int(raw)
         except ValueError:
             problems.append(f"{key} = {raw!r} is not a number")
-            continue
-        found.append(f"{key.rsplit('.', 1)[1]}={value}")
-        if not 0 < value <= limit:
-            problems.append(f"{key} = {value} (wanted 1..{limit} with multipath)")
-    if problems:
-        return Check(cid, Status.WARN, "; ".join(problems),
-                     f"set them in {ISCSID_CONF} (e.g. replacement_timeout = 10, noop "
-                     "interval and timeout = 5); they apply to node records created after "
-                     "the change")
-    return Check(cid, Status.PASS, ", ".join(found))
+    for key in NOOP_KEYS:
+        if key in numbers and not 0 < numbers[key] <= MAX_NOOP:
+            problems.append(f"{key} = {numbers[key]} (wanted 1..{MAX_NOOP} with multipath)")
+    # replacement_timeout decides for the sessions no map uses, and for the mapped
+    # sessions of a vendor whose fast_io_fail_tmo multipathd does not write.
+    keeping = None if not mapped else [n for n, t in mapped if t.recovery_tmo is None]
+    replacement = numbers.get(REPLACEMENT)
+    if replacement is not None and keeping != [] \
+            and not 0 < replacement <= MAX_REPLACEMENT_TIMEOUT:
+        problems.append(f"{REPLACEMENT} = {replacement} (wanted 1..{MAX_REPLACEMENT_TIMEOUT} "
+                        "with multipath" + (f"; {', '.join(keeping)} mapped sessions keep it"
+                                            if keeping else "") + ")")
+    from_iscsid = len(problems)
+    for name, t in mapped or ():
+        if t.recovery_tmo is not None and not 0 < t.recovery_tmo <= MAX_REPLACEMENT_TIMEOUT:
+            problems.append(f"{name} mapped sessions get recovery_tmo={t.recovery_tmo} "
+                            f"({t.reason}; wanted 1..{MAX_REPLACEMENT_TIMEOUT})")
+    detail = _timeouts_detail(numbers, mapped, keeping)
+    if not problems:
+        return Check(cid, Status.PASS, detail)
+    remedies = []
+    if from_iscsid:
+        remedies.append(f"set them in {ISCSID_CONF} (e.g. replacement_timeout = 10, noop "
+                        "interval and timeout = 5); they apply to node records created after "
+                        "the change")
+    if len(problems) > from_iscsid:
+        remedies.append("give each vendor's maps a fast_io_fail_tmo of a few seconds: "
+                        "`hostagent-cli multipath install`, and remove any value in "
+                        f"{MULTIPATH_CONF}'s overrides that replaces the stanza's")
+    return Check(cid, Status.WARN, "; ".join(problems) + f" (in effect: {detail})",
+                 "; ".join(remedies))
 
 
-def multipath_checks(conf_text: str | None, config: Block,
-                     stanzas: Sequence[Stanza]) -> list[Check]:
+def _timeouts_detail(numbers: Mapping[str, int],
+                     mapped: Sequence[tuple[str, MappedTimeouts]] | None,
+                     keeping: Sequence[str] | None) -> str:
+    found = [f"{key.rsplit('.', 1)[1]}={numbers[key]}" for key in NOOP_KEYS if key in numbers]
+    if REPLACEMENT in numbers:
+        who = "" if keeping is None else " (sessions no map uses" + (
+            f", and {', '.join(keeping)} maps'" if keeping else "") + ")"
+        found.insert(0, f"replacement_timeout={numbers[REPLACEMENT]}{who}")
+    detail = ", ".join(found)
+    if mapped is not None:
+        sessions = [f"{name} recovery_tmo={t.recovery_tmo} ({t.reason})"
+                    if t.recovery_tmo is not None
+                    else f"{name} recovery_tmo=replacement_timeout ({t.reason})"
+                    for name, t in mapped]
+        detail += "; mapped sessions (multipathd writes fast_io_fail_tmo into their " \
+            "recovery_tmo): " + (", ".join(sessions) or "no vendor stanza")
+    return detail
+
+
+def host_default_check(config: Block, stanza: Stanza, want: HostDefault,
+                       config_dir: str = MULTIPATH_CONF_DIR) -> Check:
+    """A vendor's defaults-only setting: `multipath install` leaves it to the operator."""
+    cid = f"multipath.{stanza.vendor.lower()}.{want.key}"
+    got = config.section("defaults").get(want.key)
+    if got == want.value:
+        return Check(cid, Status.PASS, f"{want.key} {got} (defaults), as {want.source} asks "
+                     f"for {stanza.name}")
+    found = f"{want.key} is {got}" if got is not None else f"{want.key} is unset: {want.unset}"
+    setting = f"{want.key} {want.value}"
+    return Check(cid, Status.WARN, f"{found}; {want.source} sets {setting} for {stanza.name}",
+                 f"add `{setting}` to the defaults section of {MULTIPATH_CONF}, or put "
+                 f"`defaults {{ {setting} }}` in a file of its own in {config_dir} (e.g. "
+                 f"{config_dir}/{want.key}.conf), then run `multipathd reconfigure`. It is a "
+                 "default: it applies to every array's paths on this node, which is why "
+                 "`hostagent-cli multipath install` does not write it")
+
+
+def multipath_checks(conf_text: str | None, config: Block, stanzas: Sequence[Stanza],
+                     config_dir: str = MULTIPATH_CONF_DIR) -> list[Check]:
     install = "run `hostagent-cli multipath install`"
     checks = [Check("multipath.conf", Status.PASS, MULTIPATH_CONF) if conf_text is not None
               else Check("multipath.conf", Status.WARN, f"{MULTIPATH_CONF} is missing: "
@@ -220,6 +299,8 @@ def multipath_checks(conf_text: str | None, config: Block,
                                 f"set user_friendly_names no in {MULTIPATH_CONF}"))
         else:
             checks.append(Check(cid, Status.PASS, f"{stanza.name}: {stanza.file} in effect"))
+        checks += [host_default_check(config, stanza, want, config_dir)
+                   for want in stanza.host_defaults]
     return checks
 
 
@@ -288,24 +369,34 @@ class Preflight:
         self._observe = observe  # checks per status after each run: metrics
 
     async def run(self, options: Options = Options()) -> list[Check]:
-        groups = await asyncio.gather(
+        # One `multipath -t` serves both the multipath checks and iscsi.timeouts (what
+        # mapped sessions get), read while the other checks run.
+        binaries, services, modules, config, portals, fc_hbas = await asyncio.gather(
             self._binaries(), self._services(), self._modules(options.fc),
-            self._iscsi_files(), self.multipath(), self._portals(options),
-            self._fc(options.fc))
-        checks = [c for group in groups for c in group]
+            self._config(), self._portals(options), self._fc(options.fc))
+        checks = [*binaries, *services, *modules, *self._iscsi_files(config),
+                  *self._multipath(config), *portals, *fc_hbas]
         if self._observe is not None:
             self._observe({str(s): sum(c.status == s for c in checks) for s in Status})
         return checks
 
     async def multipath(self) -> list[Check]:
+        return self._multipath(await self._config())
+
+    async def _config(self) -> Block | Check:
         try:
-            config = await self.mpconf.effective_config()
+            return await self.mpconf.effective_config()
         except HostAgentError as err:
-            return [Check("multipath.config", Status.FAIL,
-                          f"cannot read multipath's effective settings: {err.message}",
-                          f"install multipath-tools. {install_hint(MULTIPATH_TOOLS)}",
-                          MULTIPATH_TOOLS)]
-        return multipath_checks(self.mpconf.conf_text(), config, self.mpconf.stanzas)
+            return Check("multipath.config", Status.FAIL,
+                         f"cannot read multipath's effective settings: {err.message}",
+                         f"install multipath-tools. {install_hint(MULTIPATH_TOOLS)}",
+                         MULTIPATH_TOOLS)
+
+    def _multipath(self, config: Block | Check) -> list[Check]:
+        if isinstance(config, Check):
+            return [config]
+        return multipath_checks(self.mpconf.conf_text(), config, self.mpconf.stanzas,
+                                self.mpconf.config_dir())
 
     def which(self, name: str) -> str | None:
         return next((f"{d}/{name}" for d in BIN_DIRS if self.fs.is_executable(f"{d}/{name}")),
@@ -353,9 +444,11 @@ class Preflight:
             return None
         return result.returncode == 0
 
-    async def _iscsi_files(self) -> list[Check]:
+    def _iscsi_files(self, config: Block | Check) -> list[Check]:
+        mapped = None if isinstance(config, Check) else [
+            (s.name, mapped_timeouts(config, s.vendor, s.product)) for s in self.mpconf.stanzas]
         return [initiator_check(self.fs.try_read(INITIATOR_FILE)),
-                iscsid_conf_check(self.fs.try_read(ISCSID_CONF))]
+                iscsid_conf_check(self.fs.try_read(ISCSID_CONF), mapped)]
 
     async def _portals(self, options: Options) -> list[Check]:
         async def one(portal: Portal) -> tuple[Route | BaseException, BaseException | None]:

@@ -15,7 +15,11 @@ from tests.unit.fakes import FakeExecutor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "guest"
 MULTIPATH_T_BUILTIN = (FIXTURES / "multipath_t_builtin.txt").read_text()
-MULTIPATH_T_STANZAS = (FIXTURES / "multipath_t_stanzas.txt").read_text()
+# `multipath -t` in the guest (its test-bed multipath.conf: polling_interval 2,
+# no_path_retry 6) with hostagent's stanzas installed, and a node prepared as
+# preflight's remedies say: that and `defaults { checker_timeout 5 }` in a conf.d file.
+MULTIPATH_T_INSTALLED = (FIXTURES / "multipath_t_installed.txt").read_text()
+MULTIPATH_T_STANZAS = (FIXTURES / "multipath_t_installed_checker_timeout.txt").read_text()
 IQN = "iqn.2026-11.org.hostagent.test:initiator"
 GOOD_ISCSID = ("node.session.timeo.replacement_timeout = 5\n"
                "node.conn[0].timeo.noop_out_interval = 2\n"

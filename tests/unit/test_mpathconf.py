@@ -12,10 +12,14 @@ import pytest
 
 from hostagent.errors import InvalidConfig
 from hostagent.node.mpathconf import (
+    MAX_DEV_LOSS_TMO,
     Block,
+    MappedTimeouts,
+    Stanza,
     blacklisted_by,
     effective,
     load_stanzas,
+    mapped_timeouts,
     parse,
     stanza_differences,
     stanza_dir,
@@ -56,6 +60,25 @@ def test_parse_refuses_unbalanced_sections(text: str) -> None:
 
 # ---- the stanzas hostagent ships ------------------------------------------------------
 
+# What the vendors publish, as values (Datera/datera-csi assets/multipath.conf;
+# silk-us/scripts-and-configs Configs/multipath.conf, device KMNRIO/KDP), and where
+# hostagent's stanzas depart from it on purpose: each departure is explained in the
+# stanza's comments.
+DATERA_PUBLISHED = {
+    "getuid_callout": "/lib/udev/scsi_id --whitelisted --replace-whitespace --page=0x80 "
+                      "--device=/dev/%n",
+    "path_grouping_policy": "group_by_prio", "path_checker": "tur", "prio": "alua",
+    "path_selector": "queue-length 0", "hardware_handler": "1 alua", "failback": "5"}
+DATERA_DEPARTURES = {"getuid_callout": None}  # multipath-tools 0.9 ignores it
+SILK_PUBLISHED = {
+    "path_grouping_policy": "multibus", "path_checker": "tur",
+    "path_selector": "queue-length 0", "no_path_retry": "fail", "hardware_handler": "0",
+    "failback": "immediate", "fast_io_fail_tmo": "2", "dev_loss_tmo": "3",
+    "max_sectors_kb": "256"}
+K2_DEPARTURES = {"dev_loss_tmo": "60",  # measured over FCoE: see kaminario.conf
+                 "max_sectors_kb": None}  # a KDP tuning, none published for K2
+
+
 def test_two_vendor_stanzas_with_the_issue_settings() -> None:
     assert {s.name for s in STANZAS} == {"DATERA/IBLOCK", "KMNRIO/K2"}
     assert dict(DATERA.attrs) == {
@@ -66,6 +89,25 @@ def test_two_vendor_stanzas_with_the_issue_settings() -> None:
     assert k2["path_grouping_policy"] == "multibus" and k2["no_path_retry"] == "fail"
     assert k2["hardware_handler"] == "0" and k2["path_selector"] == "queue-length 0"
     assert {"fast_io_fail_tmo", "dev_loss_tmo", "path_checker"} <= set(k2)
+
+
+@pytest.mark.parametrize("stanza, published, departures", [
+    (DATERA, DATERA_PUBLISHED, DATERA_DEPARTURES),
+    (K2, SILK_PUBLISHED, K2_DEPARTURES),
+], ids=["datera", "k2"])
+def test_the_stanzas_are_the_vendors_published_values_but_the_explained_departures(
+        stanza: Stanza, published: dict[str, str], departures: dict[str, str | None]) -> None:
+    wanted = {k: v for k, v in {**published, **departures}.items() if v is not None}
+    assert dict(stanza.attrs) == wanted
+    comments = "\n".join(line for line in stanza.text.splitlines()
+                         if line.lstrip().startswith("#"))
+    for key in departures:  # each departure is explained in the file's comments
+        assert re.search(rf"\b{key}\b", comments), key
+
+
+def test_only_datera_asks_for_a_host_wide_default() -> None:
+    assert [(d.key, d.value) for d in DATERA.host_defaults] == [("checker_timeout", "5")]
+    assert K2.host_defaults == ()
 
 
 @pytest.mark.parametrize("path", sorted(stanza_dir().glob("*.conf")), ids=lambda p: p.name)
@@ -92,6 +134,51 @@ def test_builtin_table_differs_and_installed_stanzas_take_effect() -> None:
     stanzas = parse(MULTIPATH_T_STANZAS)
     assert stanza_differences(stanzas, DATERA) == []
     assert stanza_differences(stanzas, K2) == []
+
+
+# ---- what multipathd writes into the transport ---------------------------------------
+
+def test_mapped_timeouts_of_the_installed_stanzas() -> None:
+    config = parse(MULTIPATH_T_STANZAS)
+    # K2: its own fast_io_fail_tmo and dev_loss_tmo; no_path_retry "fail" raises nothing.
+    assert mapped_timeouts(config, "KMNRIO", "K2") == MappedTimeouts(
+        2, 60, "fast_io_fail_tmo from devices")
+    # Datera: multipath's default fast_io_fail_tmo 5; no dev_loss_tmo, so none is raised
+    # (the test bed's no_path_retry 6 x polling_interval 2 applies to set ones only).
+    assert mapped_timeouts(config, "DATERA", "IBLOCK") == MappedTimeouts(
+        5, None, "fast_io_fail_tmo from defaults")
+
+
+def k2_with(*lines: str) -> Block:
+    body = "".join(f"  {line}\n" for line in lines)
+    return conf(f'devices {{\n device {{\n  vendor "KMNRIO"\n  product "K2"\n{body} }}\n}}\n')
+
+
+@pytest.mark.parametrize("lines, recovery, dev_loss", [
+    # dev_loss_tmo raised to no_path_retry x polling_interval (the fixture's 2 s) ...
+    (("no_path_retry 6", "dev_loss_tmo 1"), 2, 12),
+    # ... and to "infinity" with queue, without a limit of 600.
+    (('no_path_retry "queue"', "dev_loss_tmo 30"), 2, MAX_DEV_LOSS_TMO),
+    # fast_io_fail_tmo not smaller than dev_loss_tmo: turned off, the session keeps
+    # replacement_timeout and an FC port's dev_loss_tmo is capped at 600.
+    (("dev_loss_tmo 2",), None, 2),
+    (("fast_io_fail_tmo 700", "dev_loss_tmo 650"), None, 600),
+    (('fast_io_fail_tmo "off"',), None, 60),
+    (("fast_io_fail_tmo 0",), None, 60),
+    (('dev_loss_tmo "infinity"',), 2, MAX_DEV_LOSS_TMO),
+])
+def test_mapped_timeouts_follow_multipath_tools(lines: tuple[str, ...], recovery: int | None,
+                                                dev_loss: int | None) -> None:
+    got = mapped_timeouts(k2_with(*lines), "KMNRIO", "K2")
+    assert (got.recovery_tmo, got.dev_loss_tmo) == (recovery, dev_loss), got
+    if recovery is None:
+        assert "fast_io_fail_tmo" in got.reason
+
+
+def test_an_unset_fast_io_fail_tmo_leaves_the_session_alone() -> None:
+    config = parse(MULTIPATH_T_STANZAS.replace("\tfast_io_fail_tmo 5\n", "", 1))
+    got = mapped_timeouts(config, "DATERA", "IBLOCK")
+    assert got == MappedTimeouts(None, None, "fast_io_fail_tmo is unset")
 
 
 def test_overrides_win_over_the_device_stanza() -> None:

@@ -14,13 +14,14 @@ from hostagent.exitcodes import CheckExit, ExitCode
 from hostagent.host.fc import FcHba
 from hostagent.host.net import Route
 from hostagent.models import Portal
-from hostagent.node.mpathconf import load_stanzas, parse
+from hostagent.node.mpathconf import load_stanzas, mapped_timeouts, parse
 from hostagent.node.preflight import (
     Check,
     Options,
     Preflight,
     Status,
     fc_check,
+    host_default_check,
     initiator_check,
     iscsid_conf_check,
     module_check,
@@ -30,7 +31,13 @@ from hostagent.node.preflight import (
     portal_checks,
 )
 from hostagent.node.tools import Host
-from tests.unit.preflighthost import MULTIPATH_T_BUILTIN, MULTIPATH_T_STANZAS, Node
+from tests.unit.preflighthost import (
+    GOOD_ISCSID,
+    MULTIPATH_T_BUILTIN,
+    MULTIPATH_T_INSTALLED,
+    MULTIPATH_T_STANZAS,
+    Node,
+)
 
 
 def by_id(checks: list[Check]) -> dict[str, Check]:
@@ -83,6 +90,7 @@ def test_each_fault_is_found_with_its_remedy(tmp_path: Path) -> None:
         "service.iscsid": Status.FAIL, "service.multipathd": Status.FAIL,
         "module.dm_multipath": Status.FAIL, "iscsi.initiator_name": Status.FAIL,
         "multipath.datera": Status.FAIL, "multipath.kmnrio": Status.FAIL,
+        "multipath.datera.checker_timeout": Status.WARN,
         "portal.10.0.1.2:3260.connect": Status.FAIL, "portals.mtu": Status.WARN}
     assert checks["binary.multipathd"].packages == {"debian": "multipath-tools",
                                                     "rhel": "device-mapper-multipath"}
@@ -117,6 +125,9 @@ def test_multipath_missing_is_one_failing_check(tmp_path: Path) -> None:
     assert checks["multipath.config"].status == Status.FAIL
     assert "multipath-tools" in checks["multipath.config"].remedy
     assert "multipath.datera" not in checks
+    # Without multipath's settings, replacement_timeout is judged for every session.
+    assert checks["iscsi.timeouts"].detail == \
+        "replacement_timeout=5, noop_out_interval=2, noop_out_timeout=2"
 
 
 # ---- the pure decisions ------------------------------------------------------------------
@@ -149,6 +160,99 @@ def test_initiator_name(text: str | None, status: Status) -> None:
 def test_iscsid_timeouts(text: str | None, status: Status, word: str) -> None:
     check = iscsid_conf_check(text)
     assert check.status == status and word in check.detail, check
+
+
+# ---- iscsi.timeouts: what a mapped session really uses ----------------------------------
+
+def timeouts_with(multipath_t: str, iscsid: str) -> Check:
+    config = parse(multipath_t)
+    return iscsid_conf_check(iscsid, [(s.name, mapped_timeouts(config, s.vendor, s.product))
+                                      for s in load_stanzas()])
+
+
+def test_a_prepared_node_reports_what_mapped_sessions_use(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.expect_checks()
+    check = run(node)["iscsi.timeouts"]
+    assert check.status == Status.PASS
+    assert check.detail == (
+        "replacement_timeout=5 (sessions no map uses), noop_out_interval=2, "
+        "noop_out_timeout=2; mapped sessions (multipathd writes fast_io_fail_tmo into their "
+        "recovery_tmo): DATERA/IBLOCK recovery_tmo=5 (fast_io_fail_tmo from defaults), "
+        "KMNRIO/K2 recovery_tmo=2 (fast_io_fail_tmo from devices)")
+
+
+def test_a_long_replacement_timeout_only_matters_where_a_mapped_session_keeps_it() -> None:
+    # open-iscsi's default 120 s: every vendor's maps replace it, so it passes ...
+    check = timeouts_with(MULTIPATH_T_STANZAS, "")
+    assert check.status == Status.PASS
+    assert "replacement_timeout=120 (sessions no map uses)" in check.detail
+    # ... until fast_io_fail_tmo is off for a vendor: its mapped sessions keep 120 s.
+    off = MULTIPATH_T_STANZAS + 'devices {\n device {\n  vendor "KMNRIO"\n  product "K2"\n' \
+        '  fast_io_fail_tmo "off"\n }\n}\n'
+    check = timeouts_with(off, "")
+    assert check.status == Status.WARN
+    assert "replacement_timeout = 120 (wanted 1..20 with multipath; KMNRIO/K2 mapped " \
+        "sessions keep it)" in check.detail
+    assert "KMNRIO/K2 recovery_tmo=replacement_timeout (fast_io_fail_tmo off (from " \
+        "devices) cannot be written to a session)" in check.detail
+    assert "DATERA/IBLOCK recovery_tmo=5" in check.detail
+    assert "/etc/iscsi/iscsid.conf" in check.remedy
+    assert timeouts_with(off, GOOD_ISCSID).status == Status.PASS
+
+
+def test_without_vendor_stanzas_replacement_timeout_is_judged_for_every_session() -> None:
+    check = iscsid_conf_check("", [])
+    assert check.status == Status.WARN and "= 120 (wanted 1..20" in check.detail, check
+    assert "mapped sessions (multipathd writes fast_io_fail_tmo into their recovery_tmo): " \
+        "no vendor stanza" in check.detail
+
+
+def test_a_long_fast_io_fail_tmo_from_overrides_is_found() -> None:
+    slow = MULTIPATH_T_STANZAS + "overrides {\n fast_io_fail_tmo 30\n}\n"
+    check = timeouts_with(slow, GOOD_ISCSID)
+    assert check.status == Status.WARN
+    assert "KMNRIO/K2 mapped sessions get recovery_tmo=30 (fast_io_fail_tmo from overrides; " \
+        "wanted 1..20)" in check.detail
+    assert "hostagent-cli multipath install" in check.remedy
+    assert "iscsid.conf" not in check.remedy
+
+
+# ---- Datera's checker_timeout: a default the stanza cannot carry -------------------------
+
+def test_datera_checker_timeout_unset_warns_with_the_way_to_set_it(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.write("/etc/multipath.conf", 'defaults {\n user_friendly_names no\n'
+               ' config_dir "/etc/mp.d"\n}\n')
+    node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
+    checks = run(node)
+    assert failing(checks) == {"multipath.datera.checker_timeout": Status.WARN}
+    check = checks["multipath.datera.checker_timeout"]
+    assert check.detail.startswith("checker_timeout is unset: a path checker waits for the "
+                                   "path's SCSI command timeout")
+    assert "sets checker_timeout 5 for DATERA/IBLOCK" in check.detail
+    assert "add `checker_timeout 5` to the defaults section of /etc/multipath.conf" \
+        in check.remedy
+    assert "`defaults { checker_timeout 5 }` in a file of its own in /etc/mp.d (e.g. " \
+        "/etc/mp.d/checker_timeout.conf)" in check.remedy  # the node's config_dir
+    assert "`multipathd reconfigure`" in check.remedy
+    assert "every array's paths" in check.remedy
+    assert "multipath.kmnrio.checker_timeout" not in checks  # only Datera asks for it
+
+
+@pytest.mark.parametrize("value, status, shown", [
+    ("5", Status.PASS, "checker_timeout 5 (defaults)"),
+    ("30", Status.WARN, "checker_timeout is 30"),
+    ("2", Status.WARN, "checker_timeout is 2"),
+])
+def test_datera_checker_timeout_must_be_datera_s(value: str, status: Status, shown: str
+                                                 ) -> None:
+    config = parse(MULTIPATH_T_INSTALLED + f"defaults {{\n checker_timeout {value}\n}}\n")
+    (datera,) = (s for s in load_stanzas() if s.vendor == "DATERA")
+    (want,) = datera.host_defaults
+    check = host_default_check(config, datera, want)
+    assert check.status == status and check.detail.startswith(shown), check
+    assert bool(check.remedy) == (status != Status.PASS)
 
 
 def test_modules() -> None:
@@ -203,13 +307,13 @@ def test_cli_preflight_table_json_and_exit_status(
     assert status == CheckExit.PASS
     assert out.splitlines()[0].split() == ["STATUS", "CHECK", "DETAIL"]
     assert "portal.10.0.0.2:3260.connect" in out and out.rstrip().endswith("0 warn, 0 fail")
-    node.write("/etc/iscsi/iscsid.conf", "")
-    node.expect_checks()
+    node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)  # no checker_timeout 5
     status, out, _ = cli_run(node, ["preflight", "--json"], capsys, monkeypatch)
     doc = json.loads(out)
     assert status == CheckExit.WARN and doc["status"] == "warn"
     warned = [c for c in doc["checks"] if c["status"] == "warn"]
-    assert [c["id"] for c in warned] == ["iscsi.timeouts"] and warned[0]["remedy"]
+    assert [c["id"] for c in warned] == ["multipath.datera.checker_timeout"]
+    assert warned[0]["remedy"]
 
 
 def test_cli_preflight_refuses_a_bad_portal_before_any_check(
@@ -231,7 +335,8 @@ def test_cli_multipath_show_and_check(tmp_path: Path, capsys: pytest.CaptureFixt
     status, out, _ = cli_run(node, ["multipath", "check", "--json"], capsys, monkeypatch)
     assert status == CheckExit.FAIL
     assert {c["id"]: c["status"] for c in json.loads(out)["checks"]} == {
-        "multipath.conf": "pass", "multipath.datera": "fail", "multipath.kmnrio": "fail"}
+        "multipath.conf": "pass", "multipath.datera": "fail", "multipath.kmnrio": "fail",
+        "multipath.datera.checker_timeout": "warn"}
 
 
 def test_cli_multipath_install_reports_what_it_did(
@@ -263,7 +368,6 @@ def test_each_run_reports_its_counts_per_status(tmp_path: Path) -> None:
     seen: list[dict[str, int]] = []
     preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf,
                           observe=lambda counts: seen.append(dict(counts)))
-    node.write("/etc/iscsi/iscsid.conf", "")
-    node.expect_checks()
+    node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
     checks = asyncio.run(preflight.run())
     assert seen == [{"pass": len(checks) - 1, "warn": 1, "fail": 0}]
