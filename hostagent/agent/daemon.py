@@ -99,7 +99,8 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
                                heal_interval=cfg.heal_interval, probe=cfg.probe_read,
                                probe_timeout=cfg.probe_timeout))
     preflight = Preflight(fs, executor, multipathd, HostNet(),
-                          MultipathConfig(fs, executor, multipathd), observe=report_preflight)
+                          MultipathConfig(fs, executor, multipathd), observe=report_preflight,
+                          my_ip=cfg.my_ip)
     peers = PeerCheck(functools.partial(supplementary_groups, fs), cfg.allowed_uids(),
                       cfg.allowed_gids())
     return Agent(cfg, service, store, peers, preflight, health, metrics)

@@ -28,7 +28,7 @@ from hostagent.host.fs import (
 )
 from hostagent.host.iscsiadm import IscsiErr
 from hostagent.host.multipath import MultipathdClient
-from hostagent.host.net import Net, Route
+from hostagent.host.net import HOST_LOCAL_NET, LocalNet, Net, Route, host_ip, is_loopback
 from hostagent.models import Portal
 from hostagent.node.mpathconf import (
     Block,
@@ -338,6 +338,24 @@ def mtu_check(routes: Sequence[Route]) -> Check | None:
                  "give every storage interface the same MTU, end to end")
 
 
+def connector_ip_check(my_ip: str | None, chosen: str | None) -> Check:
+    """The `ip` of the connector the controller sees: Datera picks the access network's
+    IP pool by it, so a loopback or missing address misroutes or refuses the attach."""
+    cid = "connector.ip"
+    remedy = ("set [DEFAULT] my_ip in hostagent.conf to this host's address on the network "
+              "the array and its controller reach it by")
+    if my_ip is not None:
+        if is_loopback(my_ip):
+            return Check(cid, Status.WARN, f"[DEFAULT] my_ip is {my_ip}, a loopback address: "
+                         "the controller gets it as the connector's ip", remedy)
+        return Check(cid, Status.PASS, f"{my_ip} ([DEFAULT] my_ip)")
+    if chosen is None:
+        return Check(cid, Status.WARN, "this host has no address but loopback and link-local "
+                     "ones: the connector's ip is null", remedy)
+    return Check(cid, Status.PASS, f"{chosen} (the default route's source, else the first "
+                 "global address; [DEFAULT] my_ip sets another)")
+
+
 def fc_check(hbas: Sequence[fc.FcHba]) -> Check:
     online = [h for h in hbas if h.online]
     if online:
@@ -363,9 +381,11 @@ class Options:
 class Preflight:
     def __init__(self, fs: HostFS, executor: Executor, multipathd: MultipathdClient,
                  net: Net, mpconf: MultipathConfig,
-                 observe: Callable[[Mapping[str, int]], None] | None = None) -> None:
+                 observe: Callable[[Mapping[str, int]], None] | None = None, *,
+                 my_ip: str | None = None, local: LocalNet = HOST_LOCAL_NET) -> None:
         self.fs, self.executor, self.multipathd, self.net = fs, executor, multipathd, net
         self.mpconf = mpconf
+        self.my_ip, self.local = my_ip, local  # the connector's ip: configured, or chosen
         self._observe = observe  # checks per status after each run: metrics
 
     async def run(self, options: Options = Options()) -> list[Check]:
@@ -375,10 +395,13 @@ class Preflight:
             self._binaries(), self._services(), self._modules(options.fc),
             self._config(), self._portals(options), self._fc(options.fc))
         checks = [*binaries, *services, *modules, *self._iscsi_files(config),
-                  *self._multipath(config), *portals, *fc_hbas]
+                  *self._multipath(config), self._connector_ip(), *portals, *fc_hbas]
         if self._observe is not None:
             self._observe({str(s): sum(c.status == s for c in checks) for s in Status})
         return checks
+
+    def _connector_ip(self) -> Check:
+        return connector_ip_check(self.my_ip, None if self.my_ip else host_ip(self.local))
 
     async def multipath(self) -> list[Check]:
         return self._multipath(await self._config())

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from socket import AF_INET, AF_INET6
 
 from hostagent.errors import CommandFailed, CommandTimeout
 from hostagent.host.executor import CommandResult, check_args, redact
+from hostagent.host.net import Address
 
 
 @dataclass(frozen=True)
@@ -160,3 +162,40 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.now += max(seconds, 0.0)
         await asyncio.sleep(0)  # still a suspension point, as a real sleep is
+
+
+# ---- this host's own network (host.net.LocalNet) ---------------------------------
+
+LINK_SCOPE, HOST_SCOPE = 253, 254  # RT_SCOPE_LINK, RT_SCOPE_HOST
+
+# The dev host's addresses as the kernel dumps them (IPv4, then IPv6, each by ifindex);
+# psutil lists the same: {'lo': [...], 'eth0': [...]} with IPv4 before IPv6.
+DUMP = [
+    Address("lo", AF_INET, "127.0.0.1", HOST_SCOPE),
+    Address("eth0", AF_INET, "192.0.2.2"),
+    Address("lo", AF_INET6, "::1", HOST_SCOPE),
+    Address("eth0", AF_INET6, "fd00::2"),
+    Address("eth0", AF_INET6, "fe80::fc:ff:fe00:1", LINK_SCOPE),
+]
+
+
+@dataclass
+class FakeLocalNet:
+    """The host's own network as a test sets it; records what was asked."""
+
+    sources: list[str | None] = field(default_factory=lambda: ["192.0.2.2", None])
+    dump: list[Address] = field(default_factory=lambda: list(DUMP))
+    dsc: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    def default_sources(self) -> list[str | None]:
+        self.asked.append("default_sources")
+        return list(self.sources)
+
+    def addresses(self) -> list[Address]:
+        self.asked.append("addresses")
+        return list(self.dump)
+
+    def http_ok(self, host: str, port: int, path: str, timeout: float) -> bool:
+        self.asked.append(f"http {host}:{port}{path} {timeout}")
+        return self.dsc

@@ -11,7 +11,7 @@ from hostagent.host.fs import HostFS
 from hostagent.host.net import Route
 from hostagent.node.mpathconf import MultipathConfig
 from hostagent.node.preflight import Preflight
-from tests.unit.fakes import FakeExecutor
+from tests.unit.fakes import FakeExecutor, FakeLocalNet
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "guest"
 MULTIPATH_T_BUILTIN = (FIXTURES / "multipath_t_builtin.txt").read_text()
@@ -77,7 +77,9 @@ class Node:
         self.write("/etc/iscsi/iscsid.conf", GOOD_ISCSID)
         self.write("/etc/multipath.conf", "defaults {\n\tuser_friendly_names no\n}\n")
         self.mpconf = MultipathConfig(self.fs, self.executor, self.mpd)
-        self.preflight = Preflight(self.fs, self.executor, self.mpd, self.net, self.mpconf)
+        self.local = FakeLocalNet()  # a default route from 192.0.2.2
+        self.preflight = Preflight(self.fs, self.executor, self.mpd, self.net, self.mpconf,
+                                   local=self.local)
 
     def write(self, host_path: str, text: str, mode: int = 0o644) -> None:
         path = self.root / host_path.lstrip("/")

@@ -8,7 +8,6 @@ import os
 import platform
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from socket import AF_INET, AF_INET6
 from typing import Any
@@ -38,44 +37,12 @@ from hostagent.host.net import (
     is_loopback,
 )
 from tests.unit import fchost, iscsihost
+from tests.unit.fakes import DUMP, HOST_SCOPE, LINK_SCOPE, FakeLocalNet
 
-LINK_SCOPE, HOST_SCOPE = 253, 254  # RT_SCOPE_LINK, RT_SCOPE_HOST
 ROOT_UUID = "0b9f7c1e-4d57-4a3c-9d0e-6a1c2b3d4e5f"
 SYSTEM_UUID = "5d1c6a36-8f2b-4c0e-9a7d-3e2f1b0c9d8e"
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:" + SYSTEM_UUID
 HOSTID = "9e8d7c6b-5a49-4382-a716-0f1e2d3c4b5a"
-
-# The dev host's addresses as the kernel dumps them (IPv4, then IPv6, each by ifindex);
-# psutil lists the same: {'lo': [...], 'eth0': [...]} with IPv4 before IPv6.
-DUMP = [
-    Address("lo", AF_INET, "127.0.0.1", HOST_SCOPE),
-    Address("eth0", AF_INET, "192.0.2.2"),
-    Address("lo", AF_INET6, "::1", HOST_SCOPE),
-    Address("eth0", AF_INET6, "fd00::2"),
-    Address("eth0", AF_INET6, "fe80::fc:ff:fe00:1", LINK_SCOPE),
-]
-
-
-@dataclass
-class FakeLocalNet:
-    """The host's own network as a test sets it; records what was asked."""
-
-    sources: list[str | None] = field(default_factory=lambda: ["192.0.2.2", None])
-    dump: list[Address] = field(default_factory=lambda: list(DUMP))
-    dsc: bool = False
-    asked: list[str] = field(default_factory=list)
-
-    def default_sources(self) -> list[str | None]:
-        self.asked.append("default_sources")
-        return list(self.sources)
-
-    def addresses(self) -> list[Address]:
-        self.asked.append("addresses")
-        return list(self.dump)
-
-    def http_ok(self, host: str, port: int, path: str, timeout: float) -> bool:
-        self.asked.append(f"http {host}:{port}{path} {timeout}")
-        return self.dsc
 
 
 class Tree:

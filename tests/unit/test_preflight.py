@@ -67,6 +67,7 @@ def test_a_prepared_node_passes_every_check(tmp_path: Path) -> None:
     assert {"binary.iscsiadm", "binary.sg_inq", "service.iscsid", "service.multipathd",
             "module.iscsi_tcp", "module.dm_multipath", "iscsi.initiator_name",
             "iscsi.timeouts", "multipath.conf", "multipath.datera", "multipath.kmnrio",
+            "connector.ip",
             "portal.10.0.0.2:3260.route", "portal.10.0.1.2:3260.connect"} <= set(checks)
     assert "module.scsi_transport_fc" not in checks and "fc.hbas" not in checks
     assert all(not c.remedy for c in checks.values())
@@ -367,7 +368,37 @@ def test_each_run_reports_its_counts_per_status(tmp_path: Path) -> None:
     node = Node(tmp_path)
     seen: list[dict[str, int]] = []
     preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf,
-                          observe=lambda counts: seen.append(dict(counts)))
+                          observe=lambda counts: seen.append(dict(counts)), local=node.local)
     node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
     checks = asyncio.run(preflight.run())
     assert seen == [{"pass": len(checks) - 1, "warn": 1, "fail": 0}]
+
+
+# ---- connector.ip: never loopback (Datera picks its access network by it) --------------
+
+@pytest.mark.parametrize(("my_ip", "sources", "status", "says"), [
+    (None, ["192.0.2.2", None], Status.PASS, "192.0.2.2 (the default route's source"),
+    ("10.20.30.40", ["192.0.2.2", None], Status.PASS, "10.20.30.40 ([DEFAULT] my_ip)"),
+    ("127.0.0.1", ["192.0.2.2", None], Status.WARN, "a loopback address"),
+    ("::1", [None, None], Status.WARN, "a loopback address"),
+])
+def test_the_connectors_ip_is_checked(tmp_path: Path, my_ip: str | None,
+                                      sources: list[str | None], status: Status,
+                                      says: str) -> None:
+    node = Node(tmp_path)
+    node.local.sources = sources
+    preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf,
+                          my_ip=my_ip, local=node.local)
+    node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
+    check = {c.id: c for c in asyncio.run(preflight.run())}["connector.ip"]
+    assert check.status == status and says in check.detail
+    assert ("[DEFAULT] my_ip" in check.remedy) == (status == Status.WARN)
+
+
+def test_a_host_with_only_loopback_and_link_local_addresses_is_warned(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.local.sources = [None, None]
+    node.local.dump = [a for a in node.local.dump if a.name == "lo" or a.scope]
+    node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
+    check = {c.id: c for c in asyncio.run(node.preflight.run())}["connector.ip"]
+    assert check.status == Status.WARN and "ip is null" in check.detail
