@@ -212,6 +212,14 @@ def _translated(action: str) -> Iterator[None]:
         raise translate(err, action) from err
 
 
+async def _disconnect(backend: BrickBackend, props: dict[str, Any],
+                      info: dict[str, Any]) -> None:
+    """Take away what os-brick just made for a refused attach. The first error is the
+    one to report, whatever the clean-up meets."""
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(backend.disconnect_volume, props, info, True, True)
+
+
 class BrickConnector:
     """One os-brick engine per protocol (iSCSI or FC); os-brick connectors per multipath mode."""
 
@@ -248,26 +256,33 @@ class BrickConnector:
             info = await asyncio.to_thread(backend.connect_volume, props)
         try:
             device = self._device(info, multipath, spec)
-            if spec.access.enforce_multipath and not device.multipath:
-                # os-brick falls back to one path when multipathd is down.
-                raise MultipathRequired("the controller enforces multipath "
-                                        "(enforce_multipath) and os-brick gave a single "
-                                        f"path ({device.path})", reason="no_map")
-            if spec.access.read_only:
-                set_read_only(self.fs, [*(p.device for p in device.paths),
-                                        os.path.basename(device.path)])
         except BaseException:
-            # os-brick made a device we cannot describe: it must not stay behind. The
-            # first error is the one to report, whatever the clean-up meets.
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(backend.disconnect_volume, props, info, True, True)
+            await _disconnect(backend, props, info)  # a device we cannot describe
             raise
         if device.wwn in claims().wwids:
             # os-brick has already put the disks into the map of that WWID; a disconnect
-            # would take the other attachment's map with them, so they are left there.
+            # would take the other attachment's map with them, and setting it read-only
+            # would change that attachment's device, so they are left as they are.
             raise WwidInUse(f"os-brick attached WWID {device.wwn}, which another live "
                             "attachment's volume already has: refused", wwid=device.wwn)
+        try:
+            self._apply_access(spec, device)
+        except BaseException:
+            await _disconnect(backend, props, info)
+            raise
         return device
+
+    def _apply_access(self, spec: VolumeSpec, device: Device) -> None:
+        """What the controller asked beyond the targets, on a device that is this
+        attachment's alone (checked against the claims before)."""
+        if spec.access.enforce_multipath and not device.multipath:
+            # os-brick falls back to one path when multipathd is down.
+            raise MultipathRequired("the controller enforces multipath (enforce_multipath) "
+                                    f"and os-brick gave a single path ({device.path})",
+                                    reason="no_map")
+        if spec.access.read_only:
+            set_read_only(self.fs, [*(p.device for p in device.paths),
+                                    os.path.basename(device.path)])
 
     def _device(self, info: dict[str, Any], multipath: bool, spec: VolumeSpec) -> Device:
         # os-brick answers /dev/dm-N, /dev/sdX, or a /dev/disk/by-* link (single path).

@@ -14,7 +14,7 @@ import pytest
 
 from hostagent.connection_info import parse
 from hostagent.connectors.base import PathRepair, RepairKind
-from hostagent.errors import MultipathRequired
+from hostagent.errors import HostCommandError, MultipathRequired
 from hostagent.models import Access, IscsiTarget, IscsiVolume, Portal
 from tests.unit.fakehost import drop_from_map
 from tests.unit.iscsihost import IQN, P1, P2, WWID, Host, datera
@@ -94,7 +94,7 @@ def test_a_device_that_does_not_take_read_only_fails_the_attach_and_is_undone(
     host.fs.set_read_only = lambda dev_path: None  # type: ignore[method-assign]
     host.expect_attach(IQN)
     host.expect_logout(IQN)
-    with pytest.raises(Exception, match="did not become read-only"):
+    with pytest.raises(HostCommandError, match="did not become read-only"):
         host.attach(replace(datera(), access=READ_ONLY))
     assert host.kernel.dm_of(WWID) is None and not host.kernel.p("/dev/sda").exists()
 

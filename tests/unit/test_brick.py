@@ -36,8 +36,9 @@ from hostagent.errors import (
     LoginFailed,
     MultipathRequired,
     NoPath,
+    WwidInUse,
 )
-from hostagent.models import Access, Chap, FcVolume, IscsiTarget, IscsiVolume, Portal
+from hostagent.models import Access, Chap, Claims, FcVolume, IscsiTarget, IscsiVolume, Portal
 from tests.unit.fakehost import FakeHostFS, FakeKernel
 from tests.unit.iscsihost import CHAP, IQN, K2, P1, P2, WWID, datera, k2
 
@@ -288,3 +289,15 @@ def test_read_only_sets_what_os_brick_made_read_only(host: Host) -> None:
     assert device.read_only and device.encrypted
     assert [host.fs.try_read(f"/sys/block/{n}/ro") for n in ("sda", "sdb", "dm-0")] == \
         ["1"] * 3
+
+
+def test_a_claimed_wwid_is_refused_before_access_is_applied_or_anything_undone(
+        host: Host) -> None:
+    # Another live attachment has the WWID: its map must be neither disconnected nor set
+    # read-only by this refused attach.
+    claimed = Claims(wwids=frozenset({WWID}))
+    with pytest.raises(WwidInUse):
+        host.run(host.connector.attach(replace(datera(), access=Access(read_only=True)),
+                                       multipath=True, claims=lambda: claimed))
+    assert [name for name, _ in host.backends[True].calls] == ["connect"]
+    assert host.fs.try_read("/sys/block/dm-0/ro") != "1"
