@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from hostagent.connection_info import parse
 from hostagent.connectors.devices import describe
@@ -16,6 +16,7 @@ from hostagent.connectors.fc import plan as fc_plan
 from hostagent.errors import HostAgentError
 from hostagent.health.verdict import (
     NO_SESSION,
+    OFFLINE_STATES,
     UNSEEN,
     AttachmentObservation,
     MapObservation,
@@ -31,6 +32,7 @@ from hostagent.models import (
     FcVolume,
     IscsiTarget,
     IscsiVolume,
+    VolumeSpec,
 )
 
 # ---- gathering (I/O) ---------------------------------------------------------------------
@@ -44,10 +46,14 @@ class Snapshot:
     rports: tuple[fc.RemotePort, ...]
     maps: dict[str, MapInfo] | None  # None: multipathd did not answer
     multipathd_error: str | None
-    # WWID -> dm-N of every multipath map, from sysfs (dm/uuid), read once per check:
-    # a lookup per attachment read every map's uuid, O(maps) each, O(N^2) a round.
-    # None: not read (each attachment's map is looked up on its own).
-    map_devices: dict[str, str] | None = None
+    # WWID -> dm-N of every multipath map, from sysfs (dm/uuid): a lookup per
+    # attachment read every map's uuid, O(maps) each, O(N^2) a round.
+    map_devices: dict[str, str]
+    # H:C:T:L -> sd of every disk, one readlink each (a listing per path cost more).
+    disks: dict[str, str]
+    # sid -> the state of its connection, one read per session (K2's two sessions carry
+    # every LUN's paths: a read per path repeated them hundreds of times).
+    connection_states: dict[int, str | None]
     # (iqn, portal) -> session, per iface, made at the first lookup of this check
     # (once per attachment it was O(sessions) each).
     _by_iface: dict[str | None, dict[tuple[str, str], scsi.IscsiSession]] = field(
@@ -71,6 +77,7 @@ class Observer:
     def __init__(self, fs: HostFS, multipath: Multipath) -> None:
         self.fs = fs
         self.multipath = multipath
+        self._specs: dict[str, tuple[Attachment, VolumeSpec]] = {}
 
     async def snapshot(self) -> Snapshot:
         maps: dict[str, MapInfo] | None = None
@@ -79,39 +86,35 @@ class Observer:
             maps = await self.multipath.map_infos()
         except (HostAgentError, ValueError) as err:
             error = describe(err)
-        return Snapshot(tuple(scsi.iscsi_sessions(self.fs)), tuple(fc.hbas(self.fs)),
-                        tuple(fc.remote_ports(self.fs)), maps, error, self._map_devices())
+        sessions = tuple(scsi.iscsi_sessions(self.fs))
+        block = self.fs.listdir(SYS_BLOCK)
+        return Snapshot(sessions, tuple(fc.hbas(self.fs)), tuple(fc.remote_ports(self.fs)),
+                        maps, error, self._map_devices(block), scsi.disks_by_hctl(self.fs, block),
+                        {s.sid: scsi.connection_state(self.fs, s.sid) for s in sessions})
 
-    def _map_devices(self) -> dict[str, str]:
+    def _map_devices(self, block_names: Iterable[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        for name in self.fs.listdir(SYS_BLOCK):
+        for name in block_names:
             if name.startswith("dm-"):
                 uuid = self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") or ""
                 if uuid.startswith("mpath-"):
                     found.setdefault(uuid[len("mpath-"):], name)
         return found
 
-    def _map_device(self, wwid: str, snap: Snapshot) -> str | None:
-        if snap.map_devices is None:
-            return self.multipath.map_device(wwid)
-        return snap.map_devices.get(wwid)
-
     def observe(self, att: Attachment, device: Device, snap: Snapshot,
                 iface: str | None) -> AttachmentObservation:
-        spec = parse(att.connection_info)
-        dm = self._map_device(device.wwn, snap) if device.multipath else None
+        spec = self._spec(att)
+        dm = snap.map_devices.get(device.wwn) if device.multipath else None
         info = (snap.maps or {}).get(device.wwn)
-        slaves = set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) if dm else set()
+        place = _Placement(set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")),
+                           {mp.device: mp for mp in info.paths} if info else {}) if dm else None
         notes: tuple[str, ...] = ()
         if isinstance(spec, FcVolume):
-            paths, notes = self._fc_paths(spec, device, snap)
+            paths, notes = self._fc_paths(spec, device, snap, place)
             rports = tuple((r.name, r.port_name, r.port_state) for r in snap.rports
                            if r.port_name in spec.target_keys)
         else:
-            paths, rports = self._iscsi_paths(spec, device, snap, iface), ()
-        if dm:
-            by_dev = {mp.device: mp for mp in info.paths} if info else {}
-            paths = [_in_map(p, slaves, by_dev.get(p.device or "")) for p in paths]
+            paths, rports = self._iscsi_paths(spec, device, snap, iface, place), ()
         map_obs = MapObservation(
             expected=device.multipath, device=dm, features=info.features if info else None,
             size_bytes=scsi.size_bytes(self.fs, dm) if dm else None,
@@ -120,20 +123,40 @@ class Observer:
                                      dev_node(dm) if dm else device.path, device.wwn,
                                      tuple(paths), map_obs, rports, notes=notes)
 
-    def _disk(self, label: str, target: str | None, hctl: str, *,
-              session_state: str | None = None, connection_state: str | None = None,
+    def _spec(self, att: Attachment) -> VolumeSpec:
+        """The parsed connection_info, kept while the row object is the same (the store
+        hands out a new one only when the row changed)."""
+        cached = self._specs.get(att.id)
+        if cached is not None and cached[0] is att:
+            return cached[1]
+        spec = parse(att.connection_info)
+        if len(self._specs) >= 16384:  # ids of detached rows: never unbounded
+            self._specs.clear()
+        self._specs[att.id] = (att, spec)
+        return spec
+
+    def _disk(self, snap: Snapshot, place: _Placement | None, label: str, target: str | None,
+              hctl: str, *, session_state: str | None = None, connection_state: str | None = None,
               rport_state: str | None = None) -> PathObservation:
-        base = PathObservation(label, target, hctl, session_state=session_state,
-                               connection_state=connection_state, rport_state=rport_state)
-        sd = scsi.disk_of(self.fs, hctl)
+        sd = snap.disks.get(hctl)
         if sd is None:
-            return replace(base, missing_reason=f"no disk at {hctl}")
-        return replace(base, device=sd, sd_state=scsi.device_state(self.fs, hctl),
-                       wwid=scsi.wwid(self.fs, hctl), size_bytes=scsi.size_bytes(self.fs, sd),
-                       holders=tuple(scsi.holders(self.fs, sd)))
+            return PathObservation(label, target, hctl, missing_reason=f"no disk at {hctl}",
+                                   session_state=session_state,
+                                   connection_state=connection_state, rport_state=rport_state)
+        state = scsi.device_state(self.fs, hctl)
+        mp = place.by_dev.get(sd) if place else None
+        return PathObservation(
+            label, target, hctl, sd, session_state=session_state,
+            connection_state=connection_state, rport_state=rport_state, sd_state=state,
+            wwid=scsi.wwid(self.fs, hctl), size_bytes=scsi.size_bytes(self.fs, sd),
+            # Holders decide only whether an offline disk may be replaced (plan_heal):
+            # read for those alone. The repair reads them again before it deletes.
+            holders=tuple(scsi.holders(self.fs, sd)) if state in OFFLINE_STATES else (),
+            in_map=sd in place.slaves if place else None,
+            dm_state=mp.dm_state if mp else None, checker=mp.checker if mp else None)
 
     def _iscsi_paths(self, vol: IscsiVolume, device: Device, snap: Snapshot,
-                     iface: str | None) -> list[PathObservation]:
+                     iface: str | None, place: _Placement | None) -> list[PathObservation]:
         targets = unique_targets(device.iscsi_targets or vol.targets)
         if not device.multipath:  # single-path mode: only the path it uses is expected
             used = {(p.target, p.portal) for p in device.paths}
@@ -145,13 +168,14 @@ class Observer:
             if s is None:
                 paths.append(PathObservation(str(t.portal), t.iqn, missing_reason=NO_SESSION))
                 continue
-            paths.append(self._disk(str(t.portal), t.iqn, f"{s.host}:0:{s.target_id}:{t.lun}",
+            hctl = f"{s.host}:0:{s.target_id}:{t.lun}"
+            paths.append(self._disk(snap, place, str(t.portal), t.iqn, hctl,
                                     session_state=s.state,
-                                    connection_state=scsi.connection_state(self.fs, s.sid)))
+                                    connection_state=snap.connection_states.get(s.sid)))
         return paths
 
-    def _fc_paths(self, vol: FcVolume, device: Device, snap: Snapshot
-                  ) -> tuple[list[PathObservation], tuple[str, ...]]:
+    def _fc_paths(self, vol: FcVolume, device: Device, snap: Snapshot,
+                  place: _Placement | None) -> tuple[list[PathObservation], tuple[str, ...]]:
         """The expected paths and notes. A target no online HBA sees is a path of its
         own only when nothing else is missing: with an HBA down it is that HBA's lost
         path again (in the K2 fabric every HBA is mapped to every target), not another."""
@@ -162,7 +186,7 @@ class Observer:
         if not missing:
             missing = unseen
         lun = fc.kernel_lun(vol.lun, vol.addressing_mode)
-        paths = [self._disk(pair.label, pair.rport.port_name,
+        paths = [self._disk(snap, place, pair.label, pair.rport.port_name,
                             f"{pair.rport.host}:{pair.rport.channel}:{pair.rport.target_id}:{lun}",
                             rport_state=pair.rport.port_state) for pair in todo.pairs]
         for entry in missing:
@@ -174,13 +198,12 @@ class Observer:
         return paths, notes
 
 
-def _in_map(p: PathObservation, slaves: set[str], mp: MapPath | None) -> PathObservation:
-    """The path with its place in the map: in the table (sysfs) and multipathd's view."""
-    if p.device is None:
-        return p
-    if mp is None:
-        return replace(p, in_map=p.device in slaves)
-    return replace(p, in_map=p.device in slaves, dm_state=mp.dm_state, checker=mp.checker)
+@dataclass(frozen=True)
+class _Placement:
+    """Where a map's paths stand: its table's disks (sysfs) and multipathd's view."""
+
+    slaves: set[str]
+    by_dev: dict[str, MapPath]
 
 
 class Prober:

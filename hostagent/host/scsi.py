@@ -11,12 +11,14 @@ Layout (Linux 6.1, seen in the guest):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hostagent.host.fs import SYS_BLOCK, SYS_CLASS, HostFS
 from hostagent.models import Portal
 
 _SESSION_HOST = re.compile(r"/host(\d+)/session(\d+)/iscsi_session/")
+_HCTL = re.compile(r"\d+:\d+:\d+:\d+")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,10 @@ def iscsi_sessions(fs: HostFS, iqn: str | None = None) -> list[IscsiSession]:
         target = fs.try_read(f"{base}/targetname")
         if iqn is not None and target != iqn:
             continue
-        m = _SESSION_HOST.search(fs.realpath(base) + "/")
+        try:  # sysfs's class links are relative: ../../devices/platform/hostH/sessionN/...
+            m = _SESSION_HOST.search(fs.readlink(base) + "/")
+        except OSError:
+            continue  # a session being torn down
         conn = f"{SYS_CLASS}/iscsi_connection/connection{name[7:]}:0"
         address = fs.try_read(f"{conn}/persistent_address")
         port = fs.try_read(f"{conn}/persistent_port")
@@ -81,6 +86,23 @@ def disk_of(fs: HostFS, hctl: str) -> str | None:
     """The sd block device of a SCSI device, once the sd driver has bound it."""
     blocks = fs.listdir(f"{SYS_CLASS}/scsi_device/{hctl}/device/block")
     return blocks[0] if blocks else None
+
+
+def disks_by_hctl(fs: HostFS, block_names: Iterable[str]) -> dict[str, str]:
+    """H:C:T:L -> sd of the SCSI disks among /sys/block's names, one readlink each:
+    /sys/block/sdX links to ../devices/.../H:C:T:L/block/sdX (cheaper than listing
+    each device's block/)."""
+    found = {}
+    for name in block_names:
+        if not name.startswith("sd"):
+            continue
+        try:
+            parts = fs.readlink(f"{SYS_BLOCK}/{name}").split("/")
+        except OSError:
+            continue  # going away
+        if len(parts) >= 3 and parts[-2] == "block" and _HCTL.fullmatch(parts[-3]):
+            found[parts[-3]] = name
+    return found
 
 
 def device_state(fs: HostFS, hctl: str) -> str | None:

@@ -435,12 +435,16 @@ class FakeMultipathd:
     def maps_json(self) -> str:
         """What `show maps json` answers, from the fake kernel's maps."""
         maps = []
-        for dm in sorted(self.kernel.p("/sys/block").glob("dm-*")):
-            uuid = (dm / "dm/uuid").read_text().removeprefix("mpath-")
+        block = str(self.kernel.p("/sys/block"))
+        names = os.listdir(block) if os.path.isdir(block) else []
+        for name in sorted(n for n in names if n.startswith("dm-")):
+            dm = f"{block}/{name}"
+            with open(f"{dm}/dm/uuid") as f:
+                uuid = f.read().removeprefix("mpath-")
             paths = [{"dev": sd, "dm_st": self.path_states.get(sd, ("active", "ready"))[0],
                       "chk_st": self.path_states.get(sd, ("active", "ready"))[1]}
-                     for sd in sorted(os.listdir(dm / "slaves"))]
-            maps.append({"name": uuid, "uuid": uuid, "sysfs": dm.name,
+                     for sd in sorted(os.listdir(f"{dm}/slaves"))]
+            maps.append({"name": uuid, "uuid": uuid, "sysfs": name,
                          "features": self.features,
                          "path_groups": [{"paths": [p]} for p in paths]})
         return json.dumps({"major_version": 0, "minor_version": 1, "maps": maps})

@@ -41,6 +41,7 @@ from hostagent.health import (
 from hostagent.host.fs import HostFS
 from hostagent.models import Status
 from tests.unit import fchost
+from tests.unit.bench_scale import build_host
 from tests.unit.fakehost import FakeKernel, drop_from_map
 from tests.unit.iscsihost import IQN, P1, P2, WWID, Agent, info
 
@@ -331,6 +332,32 @@ def test_an_offline_disk_in_the_map_is_left_alone(agent: Agent) -> None:
     writes = len(agent.host.fs.writes)
     assert asyncio.run(m.run_once()).verdict == Verdict.DEGRADED
     assert len(agent.host.fs.writes) == writes
+
+
+def test_a_round_reads_each_thing_once(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cost growth (issue 17): a round's reads are O(paths). Each session's connection
+    state once, each disk's attributes once, no disk listing per path, no holders of
+    running disks, no map's uuid per attachment."""
+    paths = build_host(agent, k2_luns=6, datera=2)  # 2 K2 sessions, 4 Datera sessions
+    m = monitor(agent)
+    check(m)  # rows parsed and cached: the second round is the steady state
+    seen: Counter[str] = Counter()
+    for name in ("read", "listdir", "readlink"):  # try_read reads through read
+        real = getattr(agent.host.fs, name)
+
+        def counted(path: str, real: object = real) -> object:
+            seen[path] += 1
+            return real(path)  # type: ignore[operator]
+        monkeypatch.setattr(agent.host.fs, name, counted)
+    report = check(m)
+    assert report.verdict == Verdict.HEALTHY and sum(len(h.paths) for h in report.attachments) \
+        == paths == 16
+    assert max(seen.values()) == 1, [p for p, n in seen.items() if n > 1]
+    kinds = Counter(p.rsplit("/", 1)[-1] if "/slaves" not in p else "slaves" for p in seen)
+    assert kinds["state"] == 2 * 6 + paths  # each session and its connection, each disk
+    assert kinds["wwid"] == kinds["size"] - 8 == paths  # and each map's size
+    assert kinds["uuid"] == kinds["slaves"] == 8
+    assert not [p for p in seen if p.endswith(("/holders", "/device/block"))]
 
 
 def test_an_attachment_under_an_operation_is_not_repaired(agent: Agent) -> None:
