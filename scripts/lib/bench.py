@@ -340,6 +340,8 @@ class Bench:
     fc_array: FcArray | None = None
     scale: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # (f) by engine
     max_n: int = 128
+    profile_health: bool = False  # (f): one more health round per point, under cProfile
+    f_budget: float = 0.0  # (f): seconds an engine's ramp may take before it stops (0: none)
 
     def record(self, op: str, engine: str, sample: Sample) -> None:
         self.results.setdefault(op, {}).setdefault(engine, []).append(sample)
@@ -497,10 +499,18 @@ class Bench:
         try:
             async with TestClient(TestServer(app)) as client:
                 stop = None
+                started = time.monotonic()
                 for n in range(1, self.max_n + 1):
                     free = _mem_available_mib()
                     if free < MIN_FREE_MIB:
                         stop = f"stopped before N={n}: MemAvailable {free} MiB < {MIN_FREE_MIB}"
+                        break
+                    if self.f_budget and time.monotonic() - started > self.f_budget:
+                        stop = (f"stopped before N={n}: the ramp took "
+                                f"{time.monotonic() - started:.0f} s, over --f-budget "
+                                f"{self.f_budget:g} s")
+                        if rows and "health" not in rows[-1]:  # the last N measured in full
+                            rows[-1].update(await _f_point(client, monitor, engine))
                         break
                     export = (self.array.export_datera(size_mb=16) if n % 4 == 0
                               else self.array.export_k2(size_mb=16))
@@ -515,6 +525,8 @@ class Bench:
                     self.record(f"f: attach N={n}", engine.name, s)
                     if n in F_POINTS or n == self.max_n:
                         row.update(await _f_point(client, monitor, engine))
+                        if self.profile_health:
+                            await _profile_health(monitor, engine.name, n)
                         print(f"  f {engine.name} N={n}: health {row['health']['wall']:.2f} s "
                               f"(cpu {row['health']['cpu']:.2f} s, {row['health']['paths']} "
                               f"paths), /metrics {row['metrics_ms']:.1f} ms, GET "
@@ -583,6 +595,21 @@ async def _f_point(client: Any, monitor: Any, engine: Engine) -> dict[str, Any]:
     list_ms = (time.monotonic() - t0) * 1000
     return {"health": health, "metrics_ms": round(metrics_ms, 2), "list_ms": round(list_ms, 2),
             "rss_kib": _rss_kib(os.getpid())}
+
+
+async def _profile_health(monitor: Any, engine: str, n: int) -> None:
+    """An uncounted health round under cProfile: where a round's CPU goes."""
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        await monitor.check()
+    finally:
+        profile.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(30)
+    (RESULTS / f"bench-profile-f-health-{engine}-n{n}.txt").write_text(out.getvalue())
 
 
 def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
@@ -824,6 +851,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="(f): volumes attached at most (K2 LUNs, every 4th a Datera)")
     parser.add_argument("--profile-f", action="store_true",
                         help="(f): run native's ramp under cProfile (uncounted extra run)")
+    parser.add_argument("--f-budget", type=float, default=0,
+                        help="(f): seconds one engine's attach ramp may take; it then stops "
+                             "and says so (0: no limit)")
+    parser.add_argument("--profile-health", action="store_true",
+                        help="(f): at each measured N, one more health round under cProfile")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the extra, uncounted case (b) of native under cProfile")
     args = parser.parse_args(argv)
@@ -832,7 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     locks = tempfile.mkdtemp(prefix="hostagent-bench-locks-")
     engines: list[Engine] = [Native(locks), Brick(locks), Direct(locks)]
     bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines},
-                  max_n=args.max_n)
+                  max_n=args.max_n, profile_health=args.profile_health,
+                  f_budget=args.f_budget)
     fabric = None
     if "d" in args.cases:
         fabric = FcFabric(links=2)
