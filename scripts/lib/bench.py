@@ -525,8 +525,8 @@ class Bench:
                     self.record(f"f: attach N={n}", engine.name, s)
                     if n in F_POINTS or n == self.max_n:
                         row.update(await _f_point(client, monitor, engine))
-                        if self.profile_health:
-                            await _profile_health(monitor, engine.name, n)
+                        if self.profile_health:  # an uncounted round
+                            await _profiled(monitor.check, f"health-{engine.name}-n{n}")
                         print(f"  f {engine.name} N={n}: health {row['health']['wall']:.2f} s "
                               f"(cpu {row['health']['cpu']:.2f} s, {row['health']['paths']} "
                               f"paths), /metrics {row['metrics_ms']:.1f} ms, GET "
@@ -535,6 +535,8 @@ class Bench:
                 if stop:
                     self.notes[f"f-{engine.name}-limit"] = stop
                     print(f"  f {engine.name}: {stop}", flush=True)
+                if self.profile_health and done:
+                    await self._profile_one_more(service, engine, len(done) + 1)
                 while done:
                     export, att_id = done[-1]
                     n = len(done)
@@ -552,6 +554,21 @@ class Bench:
             store.close()
             shutil.rmtree(root, ignore_errors=True)
 
+
+    async def _profile_one_more(self, service: Service, engine: Engine, n: int) -> None:
+        """One more K2 attach and its detach under cProfile, uncounted: where the
+        time of an attach at the ramp's top goes."""
+        export = self.array.export_k2(size_mb=16)
+        att_id = f"f-{engine.name}-profiled"
+        spec = parse(export.connection_info)
+        req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
+        try:
+            await _profiled(lambda: service.attach(req), f"attach-{engine.name}-n{n}")
+            await _profiled(lambda: service.detach(att_id), f"detach-{engine.name}-n{n}")
+        finally:
+            with contextlib.suppress(Exception):
+                await service.detach(att_id, force=True)
+            self.array.unexport(export)
 
 F_POINTS = (1, 16, 32, 64, 128)
 MIN_FREE_MIB = 160  # the guest has 2 GiB; below this a ramp stops, said in the notes
@@ -597,19 +614,19 @@ async def _f_point(client: Any, monitor: Any, engine: Engine) -> dict[str, Any]:
             "rss_kib": _rss_kib(os.getpid())}
 
 
-async def _profile_health(monitor: Any, engine: str, n: int) -> None:
-    """An uncounted health round under cProfile: where a round's CPU goes."""
+async def _profiled(work: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
+    """`work` under cProfile (uncounted), its stats in results/bench-profile-f-<name>.txt."""
     profile = cProfile.Profile()
     profile.enable()
     try:
-        await monitor.check()
+        await work()
     finally:
         profile.disable()
     out = io.StringIO()
     stats = pstats.Stats(profile, stream=out).strip_dirs()
     stats.sort_stats("tottime").print_stats(30)
-    stats.sort_stats("cumulative").print_stats(30)
-    (RESULTS / f"bench-profile-f-health-{engine}-n{n}.txt").write_text(out.getvalue())
+    stats.sort_stats("cumulative").print_stats(40)
+    (RESULTS / f"bench-profile-f-{name}.txt").write_text(out.getvalue())
 
 
 def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
