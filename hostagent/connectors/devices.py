@@ -222,8 +222,8 @@ class Devices:
         self.multipath.remember_wwid(wwid)
         await asyncio.gather(*(self.multipath.add_path(d) for d in devices))
 
-        def ready() -> str | None:
-            dm = self.multipath.map_device(wwid)
+        def ready() -> str | None:  # checked at each udev event: never a read of every map
+            dm = self.multipath.map_holding(wwid, devices[:1])
             if dm is None or not block_initialized(self.fs, dm):
                 return None
             slaves = set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves"))
@@ -237,7 +237,7 @@ class Devices:
         """Take away what an attach made: maps made only of its disks, then the disks."""
         created = [p for p in paths if p.created]
         for wwid in {p.wwid for p in paths if p.wwid} - claims.wwids:
-            dm = self.multipath.map_device(wwid)
+            dm = self.multipath.map_device(wwid, [p.info.device for p in paths if p.wwid == wwid])
             if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
                     p.info.device for p in created}:
                 await self.remove_map(wwid, dm, force=force)
@@ -249,20 +249,25 @@ class Devices:
     def forget_unmapped(self, paths: Iterable[ScsiPath]) -> None:
         """Forget the WWIDs of paths whose map is gone (a recovery's last step)."""
         for wwid in {p.wwid for p in paths if p.wwid}:
-            if self.multipath.map_device(wwid) is None:
+            if self.multipath.map_device(wwid, [p.info.device for p in paths
+                                                if p.wwid == wwid]) is None:
                 self.multipath.forget_wwid(wwid)
 
     def present(self, device: Device) -> bool:
         """Whether an attached volume's device is still on the host, as the same volume."""
         if device.multipath:
-            return self.multipath.map_device(device.wwn) is not None
+            return self.map_of(device) is not None
         return any(scsi.disk_of(self.fs, p.hctl) == p.device
                    and scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
 
     def map_slaves(self, device: Device) -> list[str]:
         """The sd names the volume's map holds now (paths that came back included)."""
-        dm = self.multipath.map_device(device.wwn)
+        dm = self.map_of(device)
         return self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves") if dm else []
+
+    def map_of(self, device: Device) -> str | None:
+        """The volume's map now, looked for through its recorded disks first."""
+        return self.multipath.map_device(device.wwn, [p.device for p in device.paths])
 
     # ---- detach --------------------------------------------------------------------
     async def release(self, device: Device, paths: Sequence[PathInfo], *, force: bool,
@@ -276,7 +281,7 @@ class Devices:
             return DetachResult(False, tuple(warnings))
         # Also in single-path mode: multipathd may have built a map on our disk
         # by itself (find_multipaths no); the disk cannot go while it holds it.
-        dm = self.multipath.map_device(device.wwn)
+        dm = self.map_of(device)
         progress("flushing")
         lost |= self.flush(dev_node(dm) if dm else device.path, force, warnings)
         if dm:
@@ -387,7 +392,7 @@ class Devices:
         if not device.multipath:
             return scsi.size_bytes(self.fs, paths[0].device)
         await self.multipath.resize(device.wwn)
-        dm = self.multipath.map_device(device.wwn)
+        dm = self.map_of(device)
         if dm is None:
             raise HostCommandError(f"map {device.wwn} vanished during resize")
         return scsi.size_bytes(self.fs, dm)

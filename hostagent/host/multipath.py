@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -178,10 +179,22 @@ class Multipath:
         return parse_map_infos(await self.client.command("show maps json",
                                                          timeout=self.timeout))
 
-    def map_device(self, wwid: str) -> str | None:
-        """dm-N of the multipath map for `wwid`, from sysfs."""
-        for name in self.fs.listdir(f"{SYS_BLOCK}"):
-            if name.startswith("dm-") and \
-                    self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") == f"mpath-{wwid}":
-                return name
+    def map_device(self, wwid: str, over: Iterable[str] = ()) -> str | None:
+        """dm-N of the multipath map for `wwid`, from sysfs. `over`: disks the map
+        should hold; their holders are tried first, O(paths) instead of O(maps) (a
+        reused sd name holds another map, which its uuid tells apart). Every map is
+        read only when none of them is held by it."""
+        return self.map_holding(wwid, over) or next(
+            (name for name in self.fs.listdir(SYS_BLOCK) if self._is_map_of(name, wwid)), None)
+
+    def map_holding(self, wwid: str, disks: Iterable[str]) -> str | None:
+        """dm-N of `wwid`'s map if it holds one of `disks`, from their holders alone."""
+        for sd in disks:
+            for name in self.fs.listdir(f"{SYS_BLOCK}/{sd}/holders"):
+                if self._is_map_of(name, wwid):
+                    return name
         return None
+
+    def _is_map_of(self, name: str, wwid: str) -> bool:
+        return name.startswith("dm-") and \
+            self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") == f"mpath-{wwid}"

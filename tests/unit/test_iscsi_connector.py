@@ -257,3 +257,43 @@ def test_a_logout_refused_by_a_session_in_recovery_is_tried_again(host: Host) ->
     asyncio.run(host.connector.detach(datera(), device))
     assert host.kernel.session_host(IQN, P2) is None
     assert not host.record(IQN, P1).exists() and not host.record(IQN, P2).exists()
+
+
+def test_an_attach_or_detach_among_many_maps_reads_only_its_own(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cost growth (issue 17): the map is found through its disks' holders, not by
+    reading every map's uuid at each udev event."""
+    wwids = [WWID[:-2] + f"{i:02x}" for i in range(1, 7)]
+    for lun, wwid in enumerate(wwids, start=1):
+        host.kernel.luns[(K2, lun)] = wwid
+    for p in (P1, P2):
+        host.expect_new_node(K2, p)
+        host.expect_login(K2, p)
+    devices = [host.attach(k2(lun)) for lun in range(1, 6)]
+    uuids: list[str] = []
+    real = host.fs.try_read
+
+    def counted(path: str) -> str | None:
+        if path.endswith("/dm/uuid"):
+            uuids.append(path)
+        return real(path)
+    monkeypatch.setattr(host.fs, "try_read", counted)
+    sixth = host.attach(k2(6))
+    asyncio.run(host.connector.detach(k2(3), devices[2]))
+    mine = {f"/sys/block/{dm}/dm/uuid" for dm in (sixth.path[5:], devices[2].path[5:])}
+    assert set(uuids) <= mine, uuids  # none of the other four maps was read
+    assert sixth.wwn == wwids[5] and host.kernel.dm_of(wwids[2]) is None
+
+
+def test_a_disk_name_another_map_holds_now_falls_back_to_every_map(host: Host) -> None:
+    host.kernel.luns[(K2, 1)] = WWID
+    host.kernel.luns[(K2, 2)] = other = WWID[:-1] + "9"
+    for p in (P1, P2):
+        host.expect_new_node(K2, p)
+        host.expect_login(K2, p)
+    first = host.attach(k2(1))
+    second = host.attach(k2(2))
+    theirs = [p.device for p in second.paths]  # as if first's record named these disks
+    assert host.connector.devices.multipath.map_device(WWID, theirs) == first.path[5:]
+    assert host.connector.devices.multipath.map_holding(WWID, theirs) is None
+    assert host.connector.devices.multipath.map_holding(other, theirs) == second.path[5:]
