@@ -506,6 +506,41 @@ def test_probe_ok_error_and_a_stuck_read_probed_once() -> None:
         fs.release.set()
 
 
+class StuckOn(HostFS):
+    """Reads of `stuck` hang until released; the others answer at once."""
+
+    def __init__(self, stuck: str) -> None:
+        super().__init__("/nonexistent")
+        self.stuck = stuck
+        self.release = threading.Event()
+        self.threads: set[int] = set()
+
+    def read_direct(self, dev_path: str, size: int = 4096) -> int:
+        self.threads.add(threading.get_ident())
+        if dev_path == self.stuck:
+            self.release.wait(10)
+        return size
+
+
+def test_probe_threads_serve_the_next_rounds_but_never_behind_a_stuck_read() -> None:
+    fs = StuckOn("/dev/dm-9")
+    prober = Prober(fs, timeout=0.05)
+    devs = [f"/dev/dm-{i}" for i in range(4)]
+
+    async def round_of(names: list[str]) -> list[ProbeResult]:
+        return await asyncio.gather(*(prober.probe(d) for d in names))
+    for _ in range(5):
+        assert all(r.ok for r in asyncio.run(round_of(devs)))
+    assert 1 <= len(fs.threads) <= 4  # threads serve round after round (not 20 of them)
+    try:
+        stuck, *rest = asyncio.run(round_of(["/dev/dm-9", *devs]))
+        assert stuck.timed_out and all(r.ok for r in rest)  # none waited for dm-9's
+        again = asyncio.run(round_of(["/dev/dm-9", *devs]))
+        assert again[0].timed_out and all(r.ok for r in again[1:])
+    finally:
+        fs.release.set()
+
+
 def test_a_real_o_direct_read(tmp_path: Path) -> None:
     target = tmp_path / "disk"
     target.write_bytes(b"\0" * 8192)
