@@ -491,6 +491,10 @@ class Bench:
                           commands=(lambda: executor.counts) if executor else dict)
         monitor = HealthMonitor(service, HostFS("/"), SocketClient(), metrics=metrics,
                                 options=HealthOptions(probe=True, self_heal=False))
+        # The same round without the O_DIRECT reads: the observation's own cost apart
+        # from the reads' (whose kernel side here includes the LIO array's).
+        bare = HealthMonitor(service, HostFS("/"), SocketClient(),
+                             options=HealthOptions(probe=False, self_heal=False))
         app = make_app(service, peer_check=None, preflight=None,  # type: ignore[arg-type]
                        health=monitor, metrics=metrics)
         rows: list[dict[str, Any]] = []
@@ -510,7 +514,7 @@ class Bench:
                                 f"{time.monotonic() - started:.0f} s, over --f-budget "
                                 f"{self.f_budget:g} s")
                         if rows and "health" not in rows[-1]:  # the last N measured in full
-                            rows[-1].update(await _f_point(client, monitor, engine))
+                            rows[-1].update(await _f_point(client, monitor, bare, engine))
                         break
                     export = (self.array.export_datera(size_mb=16) if n % 4 == 0
                               else self.array.export_k2(size_mb=16))
@@ -524,12 +528,13 @@ class Bench:
                     rows.append(row)
                     self.record(f"f: attach N={n}", engine.name, s)
                     if n in F_POINTS or n == self.max_n:
-                        row.update(await _f_point(client, monitor, engine))
+                        row.update(await _f_point(client, monitor, bare, engine))
                         if self.profile_health:  # an uncounted round
                             await _profiled(monitor.check, f"health-{engine.name}-n{n}")
                         print(f"  f {engine.name} N={n}: health {row['health']['wall']:.2f} s "
                               f"(cpu {row['health']['cpu']:.2f} s, {row['health']['paths']} "
-                              f"paths), /metrics {row['metrics_ms']:.1f} ms, GET "
+                              f"paths; cpu {row['health']['cpu_no_probe']:.2f} s without "
+                              f"probes), /metrics {row['metrics_ms']:.1f} ms, GET "
                               f"{row['list_ms']:.1f} ms, RSS {row['rss_kib'] / 1024:.1f} MiB",
                               flush=True)
                 if stop:
@@ -592,14 +597,19 @@ async def _ameasure(engine: Engine, work: Callable[[], Coroutine[Any, Any, Any]]
                   engine.commands() - cmds, forks2 - forks)
 
 
-async def _f_point(client: Any, monitor: Any, engine: Engine) -> dict[str, Any]:
-    """One health round, one /metrics scrape, one GET /v1/attachments, the RSS."""
+async def _f_point(client: Any, monitor: Any, bare: Any, engine: Engine) -> dict[str, Any]:
+    """One health round (and one without read probes), one /metrics scrape, one GET
+    /v1/attachments, the RSS."""
     cpu, t0 = _own_cpu(), time.monotonic()
     report = await monitor.check()
     health = {"wall": round(time.monotonic() - t0, 3), "cpu": round(_own_cpu() - cpu, 3),
               "paths": sum(len(h.paths) for h in report.attachments),
               "up": sum(p.state == "up" for h in report.attachments for p in h.paths),
               "verdict": report.verdict.value}
+    cpu, t0 = _own_cpu(), time.monotonic()
+    await bare.check()
+    health.update(wall_no_probe=round(time.monotonic() - t0, 3),
+                  cpu_no_probe=round(_own_cpu() - cpu, 3))
     t0 = time.monotonic()
     resp = await client.get("/metrics")
     assert resp.status == 200, resp.status
@@ -633,8 +643,9 @@ def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
     """(f) at the measured points: the N-th attach and detach, health, API, RSS."""
     lines = ["| N | engine | attach wall s | attach CPU s | attach cmds | attach guest CPU s "
              "| detach wall s | detach CPU s | detach cmds | health round wall / CPU s (paths) "
+             "| without probes wall / CPU s "
              "| /metrics ms | GET /v1/attachments ms | RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for engine, rows in scale.items():
         for row in rows:
             if "health" not in row:
@@ -645,6 +656,7 @@ def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(f"| {row['n']} ({row['kind']}) | {engine} | {a['wall']:.2f} | "
                          f"{a['cpu']:.2f} | {a['commands']} | {a['guest_cpu']:.2f} | {det} | "
                          f"{h['wall']:.2f} / {h['cpu']:.2f} ({h['paths']}) | "
+                         f"{h.get('wall_no_probe', 0):.2f} / {h.get('cpu_no_probe', 0):.2f} | "
                          f"{row['metrics_ms']:.1f} | {row['list_ms']:.1f} | "
                          f"{row['rss_kib'] / 1024:.1f} |")
     lines += ["", "Medians over the K2 attaches / detaches of each quarter of the ramp "
