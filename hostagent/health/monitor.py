@@ -85,8 +85,7 @@ class HealthMonitor:
                             if att.status == Status.ATTACHED and att.device is not None
                             and att.phase != RESTORING]  # not yet made again
             if self.options.probe:
-                results = await asyncio.gather(*(self.prober.probe(o.device)
-                                                  for o in observations))
+                results = await self.prober.probe_all([o.device for o in observations])
                 observations = [replace(o, probe=r)
                                 for o, r in zip(observations, results, strict=True)]
             healths = tuple(evaluate(o) for o in observations)

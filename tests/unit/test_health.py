@@ -528,7 +528,7 @@ def test_probe_threads_serve_the_next_rounds_but_never_behind_a_stuck_read() -> 
     devs = [f"/dev/dm-{i}" for i in range(4)]
 
     async def round_of(names: list[str]) -> list[ProbeResult]:
-        return await asyncio.gather(*(prober.probe(d) for d in names))
+        return await prober.probe_all(names)
     for _ in range(5):
         assert all(r.ok for r in asyncio.run(round_of(devs)))
     assert 1 <= len(fs.threads) <= 4  # threads serve round after round (not 20 of them)
@@ -539,6 +539,21 @@ def test_probe_threads_serve_the_next_rounds_but_never_behind_a_stuck_read() -> 
         assert again[0].timed_out and all(r.ok for r in again[1:])
     finally:
         fs.release.set()
+
+
+def test_two_attachments_of_one_map_share_its_read() -> None:
+    fs = StuckOn("/dev/none")
+    reads: list[str] = []
+    real = fs.read_direct
+
+    def counted(dev_path: str, size: int = 4096) -> int:
+        reads.append(dev_path)
+        return real(dev_path, size)
+    fs.read_direct = counted  # type: ignore[method-assign]
+    results = asyncio.run(Prober(fs, timeout=1).probe_all(["/dev/dm-0", "/dev/dm-1",
+                                                           "/dev/dm-0"]))
+    assert [r.ok for r in results] == [True] * 3  # not "an earlier read has not returned"
+    assert sorted(reads) == ["/dev/dm-0", "/dev/dm-1"]
 
 
 def test_a_real_o_direct_read(tmp_path: Path) -> None:
