@@ -103,6 +103,33 @@ def _guest_stat() -> tuple[float, int]:
     return busy, forks
 
 
+def _proc_ticks() -> dict[tuple[int, str], int]:
+    """user + system ticks of every process and kernel thread in the guest, by (pid, name)."""
+    ticks = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        ticks[(int(entry), name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def _top_cpu(before: dict[tuple[int, str], int], after: dict[tuple[int, str], int],
+             count: int = 6) -> list[tuple[str, float]]:
+    """Who used the guest's CPU between two readings, by name (kworker/… together)."""
+    used: dict[str, float] = {}
+    for key, t in after.items():
+        name = key[1].split("/")[0] if key[1].startswith("kworker") else key[1]
+        used[name] = used.get(name, 0.0) + (t - before.get(key, 0)) / TICK
+    return sorted(((n, round(v, 2)) for n, v in used.items() if v > 0),
+                  key=lambda nv: -nv[1])[:count]
+
+
 def _own_cpu() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -521,12 +548,17 @@ class Bench:
                     att_id = f"f-{engine.name}-{n}"
                     spec = parse(export.connection_info)
                     req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
+                    before = _proc_ticks()  # outside the measured span
                     s = await _ameasure(engine, lambda r=req: service.attach(r))  # type: ignore[misc]
+                    top = _top_cpu(before, _proc_ticks())
                     done.append((export, att_id))
                     row: dict[str, Any] = {"n": n, "kind": export.personality,
-                                           "attach": asdict(s), "mem_available_mib": free}
+                                           "attach": asdict(s), "mem_available_mib": free,
+                                           "guest_top": top}
                     rows.append(row)
                     self.record(f"f: attach N={n}", engine.name, s)
+                    if n in F_POINTS or n % 8 == 7:
+                        print(f"    guest CPU of that attach by process: {top}", flush=True)
                     if n in F_POINTS or n == self.max_n:
                         row.update(await _f_point(client, monitor, bare, engine))
                         if self.profile_health:  # an uncounted round
@@ -880,6 +912,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="(f): volumes attached at most (K2 LUNs, every 4th a Datera)")
     parser.add_argument("--profile-f", action="store_true",
                         help="(f): run native's ramp under cProfile (uncounted extra run)")
+    parser.add_argument("--engines", default="native,os-brick,direct",
+                        help="which engines, comma-separated (default: all three)")
     parser.add_argument("--f-budget", type=float, default=0,
                         help="(f): seconds one engine's attach ramp may take; it then stops "
                              "and says so (0: no limit)")
@@ -891,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     guest = guest_mod.prepare()
     workdir = Path(tempfile.mkdtemp(prefix="hostagent-bench-array-"))
     locks = tempfile.mkdtemp(prefix="hostagent-bench-locks-")
-    engines: list[Engine] = [Native(locks), Brick(locks), Direct(locks)]
+    engines: list[Engine] = [e for e in (Native(locks), Brick(locks), Direct(locks))
+                             if e.name in args.engines.split(",")]
     bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines},
                   max_n=args.max_n, profile_health=args.profile_health,
                   f_budget=args.f_budget)
