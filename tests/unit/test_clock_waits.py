@@ -4,6 +4,7 @@ wait, so a test sees the back-off without sleeping it (or patching constants).""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -183,3 +184,33 @@ def test_a_wait_returns_what_the_check_found_before_the_deadline(clock: FakeCloc
     found = asyncio.run(watcher.wait(ticking(clock, 0.01, checks, value_at=2), timeout=0.05,
                                      what="sda"))
     assert found == "sda" and len(checks) == 2
+
+
+class SocketMonitor:
+    """A monitor's place in PyudevWatcher: a socket the test writes datagrams to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_a_burst_of_events_is_drained_unparsed_and_wakes_each_waiter_once() -> None:
+    ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # queues a burst, as netlink
+    ours.bind(("127.0.0.1", 0))
+    ours.setblocking(False)
+    theirs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    theirs.connect(ours.getsockname())
+    watcher = PyudevWatcher()
+    watcher._monitor = SocketMonitor(ours)
+    woken = [asyncio.Event(), asyncio.Event()]
+    watcher._waiters.update(woken)
+    for n in range(100):  # a LUN added to a target with ~30 others
+        theirs.send(b"not a uevent pyudev could parse %d" % n)
+    watcher._drain()
+    assert all(w.is_set() for w in woken)
+    with pytest.raises(BlockingIOError):
+        ours.recv(1)  # every datagram was read
+    theirs.close()
+    ours.close()
