@@ -7,7 +7,9 @@ the agent's own cost at a scale no guest here can hold.
   json` answer is rendered once (in production it is another process's CPU);
 - GET /v1/attachments with those 500 rows and with 1000 rows (aiohttp over a local
   TCP socket, the real app and service);
-- the claims a destructive step reads (Service.claims_for(...)()) over 1000 rows.
+- the claims a destructive step reads (Service.claims_for(...)()) over 1000 rows;
+- one store commit (each phase of an operation makes one, on the event loop);
+- the Python memory 500 more attachments leave allocated (tracemalloc).
 
 Goals (issue 17): a health round and a 1000-row GET under 50 ms each, a p99 under
 5 ms for the per-step claims read. The figures are printed, not asserted: a timed
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -184,7 +188,25 @@ async def run(root: Path, rounds: int) -> list[str]:
             await resp.read()
         listing = await atimings(get, rounds)
         out.append(line("GET /v1/attachments (500 rows)", listing, 50))
+        # The agent's own memory per attachment (the guest's RSS also holds the test
+        # array): what 500 more rows leave allocated by Python once they have been
+        # listed, health-checked and claimed, traced by tracemalloc.
+        await monitor.check()
+        await get()
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
         add_rows(agent.store, 500, 500)
+        await monitor.check()
+        await get()
+        agent.service.claims_for("none")()
+        gc.collect()
+        grown = tracemalloc.take_snapshot().compare_to(before, "filename")
+        tracemalloc.stop()
+        kib = sum(d.size_diff for d in grown) / 1024 / 500
+        out.append(f"  {'memory per attachment (Python heap, traced)':<46} {kib:8.1f} KiB  "
+                   f"(500 rows listed, checked and claimed; goal RSS growth < 50 KiB: "
+                   f"{'met' if kib < 50 else 'MISSED'})")
         listing = await atimings(get, rounds)
         out.append(line("GET /v1/attachments (1000 rows)", listing, 50))
     service: Service = agent.service
@@ -194,6 +216,12 @@ async def run(root: Path, rounds: int) -> list[str]:
     sharer = timings(lambda: service._sharer(ids[0], service_spec(agent, ids[0])),
                      rounds * 10)
     out.append(line("sharer lookup over 1000 rows (each detach)", sharer, 5, "p99"))
+    # Each phase of an operation is one commit, made on the event loop (WAL, fsync):
+    # the loop stalls this long per phase, whatever the table's size.
+    row = agent.store.get(ids[0])
+    assert row is not None
+    commits = timings(lambda: agent.store.update(row.id, phase="bench"), rounds * 5)
+    out.append(line("one store commit among 1000 rows (event loop)", commits, 5, "p99"))
     return out
 
 
