@@ -64,7 +64,7 @@ class PyudevWatcher:
         """Discard what is queued, unparsed, and wake the waiters: their checks read the
         truth themselves. Adding a LUN to a target with N others brings ~3N events
         (406 during one attach at N = 129 in the guest), and making a pyudev Device of
-        each cost ~5 ms of CPU there: most of the growth of an attach's cost with N."""
+        each cost ~5 ms of CPU there: the agent's largest share of that attach's time."""
         fd = self._monitor.fileno()
         while True:
             try:
