@@ -11,12 +11,14 @@ delete the disks and wait until they are gone, forget the WWID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hostagent.connectors.base import Progress, refuse_single_path
 from hostagent.errors import (
     DeviceBusy,
+    DeviceTimeout,
     HostAgentError,
     HostCommandError,
     MultipathRequired,
@@ -39,6 +41,13 @@ from hostagent.models import (
     IscsiTarget,
     PathInfo,
 )
+
+# multipathd answers "fail" to `add path` while its view of that sd name is stale: an
+# event of the name's previous disk still queued, or the name still a path of a map it
+# is taking down (libmultipath's cli_add_path; its recheck_wwid then drops the stale
+# path and reads the disk again). Seen after a LUN id reuse. A refused disk is offered
+# again after each pause, the map awaited meanwhile: 7.5 s in all.
+ADD_PATH_PAUSES = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,7 @@ class Devices:
     async def build_map(self, wwid: str, devices: list[str]) -> str:
         # Recording the WWID first makes any find_multipaths policy accept the paths.
         self.multipath.remember_wwid(wwid)
-        await asyncio.gather(*(self.multipath.add_path(d) for d in devices))
+        what = f"multipath map {wwid} over {', '.join(devices)}"
 
         def ready() -> str | None:  # checked at each udev event: never a read of every map
             dm = self.multipath.map_holding(wwid, devices[:1])
@@ -229,8 +238,34 @@ class Devices:
             slaves = set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves"))
             return dm if slaves >= set(devices) else None
 
-        return await self.udev.wait(ready, timeout=self.device_timeout,
-                                    what=f"multipath map {wwid} over {', '.join(devices)}")
+        offer = devices
+        for pause in (*ADD_PATH_PAUSES, None):
+            refused = await self._add_paths(offer)
+            if not refused:
+                break
+            if pause is None:
+                if dm := ready():
+                    return dm
+                sd, err = next(iter(refused.items()))
+                raise HostCommandError(
+                    f"multipathd refused {sd} as a path of {wwid} {len(ADD_PATH_PAUSES) + 1} "
+                    f"times in {sum(ADD_PATH_PAUSES):g} s: {err.message}", **err.details)
+            with contextlib.suppress(DeviceTimeout):
+                return await self.udev.wait(ready, timeout=pause, what=what)
+            offer = list(refused)
+        return await self.udev.wait(ready, timeout=self.device_timeout, what=what)
+
+    async def _add_paths(self, devices: list[str]) -> dict[str, HostCommandError]:
+        """Each disk offered to multipathd; the ones it refused (answered "fail")."""
+        outcomes = await asyncio.gather(*(self.multipath.add_path(d) for d in devices),
+                                        return_exceptions=True)
+        refused = {}
+        for sd, outcome in zip(devices, outcomes, strict=True):
+            if isinstance(outcome, HostCommandError) and outcome.details.get("reply") == "fail":
+                refused[sd] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return refused
 
     async def rollback(self, paths: Sequence[ScsiPath], *, force: bool = True,
                        claims: Claims = NO_CLAIMS) -> None:

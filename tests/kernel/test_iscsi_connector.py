@@ -177,12 +177,17 @@ def test_lun_id_reuse_returns_the_new_volume(array: IscsiArray, host: EngineHost
         hostno = Path(os.path.realpath(session)).parents[2].name
         Path(f"/sys/class/scsi_host/{hostno}/scan").write_text(f"0 0 {old.lun}")
     raw.wait_disks(old.wwid, 2)
+    # As a leftover sits on a real host: multipathd (find_multipaths no) has mapped it and
+    # udev is done with it. Replaced sooner, the outcome turns on which of udev's blkid and
+    # multipathd's checker meets the gone LUN first: a stale map held open is refused.
+    raw.wait_map(old.wwid, 2)
+    run(["udevadm", "settle", "-t", "30"])
     new = array.replace(old)  # same LUN id, another backstore
     assert new.lun == old.lun and new.wwid != old.wwid
     device = asyncio.run(host.attach(new))
     assert device.wwn == new.wwid
     raw.assert_map(device, new.wwid, 2)
-    assert not raw.disks_with_wwid(old.wwid)
+    assert not raw.disks_with_wwid(old.wwid) and old.wwid not in probe.maps()
     asyncio.run(host.detach(new, device))
     asyncio.run(host.detach(keeper, keep_dev))
 

@@ -398,6 +398,9 @@ class FakeMultipathd:
         self.kernel = kernel
         self.commands: list[str] = []
         self.busy: set[str] = set()
+        # `add path` answers "fail" this many more times for a disk, as multipathd does
+        # while it still holds a stale view of the sd name (0.9.4, in a CI run).
+        self.add_refusals: dict[str, int] = {}
         self.queueing_disabled: set[str] = set()  # maps whose queue_if_no_path is off
         # `show maps json`: (dm_st, chk_st) of a path by sd name; active/ready otherwise.
         self.path_states: dict[str, tuple[str, str]] = {}
@@ -413,6 +416,9 @@ class FakeMultipathd:
         if cmd == "show status":
             return "path checkers states:\nup 2\n"
         if words[:2] == ["add", "path"]:
+            if self.add_refusals.get(words[2], 0) > 0:
+                self.add_refusals[words[2]] -= 1
+                return "fail\n"
             self.kernel.add_path_to_map(words[2])
             return "ok\n"
         if words[:2] == ["del", "map"]:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from hostagent.errors import AuthenticationFailed, DeviceBusy, InvalidRequest, WwnMismatch
+from hostagent.connectors.devices import ADD_PATH_PAUSES
+from hostagent.errors import (
+    AuthenticationFailed,
+    DeviceBusy,
+    HostCommandError,
+    InvalidRequest,
+    WwnMismatch,
+)
 from hostagent.host import scsi
 from hostagent.host.iscsiadm import IscsiErr
 from hostagent.models import FcVolume
@@ -205,6 +212,32 @@ def test_a_stale_map_that_is_open_is_refused(host: Host) -> None:
         host.attach(k2(1))
     assert err.value.details["stale_map"] == WWID
     assert host.kernel.dm_of(WWID) is not None  # never touched
+
+
+def test_a_disk_multipathd_refuses_at_first_is_offered_again(host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    host.expect_attach(IQN)
+    host.mpd.add_refusals["sdb"] = 2  # its view of the name still that of a reused LUN's disk
+    device = host.attach(datera())
+    assert sorted(p.device for p in device.paths) == ["sda", "sdb"]
+    assert sorted(host.mpd.commands) == ["add path sda", *["add path sdb"] * 3]
+    assert sorted(p.name for p in host.kernel.p(f"/sys/block/{device.path[5:]}/slaves").iterdir()) \
+        == ["sda", "sdb"]
+
+
+def test_a_disk_multipathd_keeps_refusing_fails_the_attach_and_is_rolled_back(
+        host: Host) -> None:
+    host.kernel.luns[(IQN, 0)] = WWID
+    host.expect_attach(IQN)
+    host.expect_logout(IQN)
+    host.mpd.add_refusals["sdb"] = len(ADD_PATH_PAUSES) + 1
+    with pytest.raises(HostCommandError) as err:
+        host.attach(datera())
+    assert err.value.details == {"command": "add path sdb", "reply": "fail"}
+    assert f"refused sdb as a path of {WWID} 5 times in 7.5 s" in err.value.message
+    assert host.mpd.commands.count("add path sdb") == len(ADD_PATH_PAUSES) + 1
+    assert host.kernel.dm_of(WWID) is None  # sda's map taken away, then both disks
+    assert list(host.kernel.p("/sys/class/scsi_device").iterdir()) == []
 
 
 def test_bad_input_runs_nothing(host: Host) -> None:
