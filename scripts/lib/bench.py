@@ -121,10 +121,14 @@ def _proc_ticks() -> dict[tuple[int, str], int]:
 
 def _top_cpu(before: dict[tuple[int, str], int], after: dict[tuple[int, str], int],
              count: int = 6) -> list[tuple[str, float]]:
-    """Who used the guest's CPU between two readings, by name (kworker/… together)."""
+    """Who used the guest's CPU between two readings, by name. Kernel workers go by
+    the workqueue their name shows at the second reading ("kworker/1:2-kaluad" ->
+    "kworker-kaluad"): the last one each served, so the split is approximate."""
     used: dict[str, float] = {}
     for key, t in after.items():
-        name = key[1].split("/")[0] if key[1].startswith("kworker") else key[1]
+        name = key[1]
+        if name.startswith("kworker"):
+            name = "kworker-" + (name.split("-", 1)[1] if "-" in name else "idle")
         used[name] = used.get(name, 0.0) + (t - before.get(key, 0)) / TICK
     return sorted(((n, round(v, 2)) for n, v in used.items() if v > 0),
                   key=lambda nv: -nv[1])[:count]
@@ -133,6 +137,34 @@ def _top_cpu(before: dict[tuple[int, str], int], after: dict[tuple[int, str], in
 def _own_cpu() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+class Uevents:
+    """The kernel's uevents of one span, read after it: which events the host reacted
+    to. The socket only queues them during the span (no reader thread in this process,
+    whose CPU is measured)."""
+
+    def __init__(self) -> None:
+        import pyudev
+
+        self.monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+        self.monitor.set_receive_buffer_size(32 << 20)  # ~3 events per LUN of a target
+        self.monitor.start()
+
+    def tally(self, count: int = 8) -> list[tuple[str, int]]:
+        """The commonest kinds: subsystem, action, and a SCSI event's SDEV_* variable."""
+        kinds: dict[str, int] = {}
+        try:
+            while (device := self.monitor.poll(timeout=0)) is not None:
+                sdev = " ".join(f"{k}={v}" for k, v in device.properties.items()
+                                if k.startswith("SDEV_"))
+                kind = f"{device.subsystem} {device.action}" + (f" {sdev}" if sdev else "")
+                kinds[kind] = kinds.get(kind, 0) + 1
+        except OSError as err:  # ENOBUFS: more than the buffer held
+            kinds[f"lost ({err.strerror})"] = 1
+        finally:
+            del self.monitor  # libudev closes the socket with its last reference
+        return sorted(kinds.items(), key=lambda kv: -kv[1])[:count]
 
 
 class Timeline:
@@ -548,17 +580,18 @@ class Bench:
                     att_id = f"f-{engine.name}-{n}"
                     spec = parse(export.connection_info)
                     req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
-                    before = _proc_ticks()  # outside the measured span
+                    before, uevents = _proc_ticks(), Uevents()  # outside the measured span
                     s = await _ameasure(engine, lambda r=req: service.attach(r))  # type: ignore[misc]
-                    top = _top_cpu(before, _proc_ticks())
+                    top, kinds = _top_cpu(before, _proc_ticks()), uevents.tally()
                     done.append((export, att_id))
                     row: dict[str, Any] = {"n": n, "kind": export.personality,
                                            "attach": asdict(s), "mem_available_mib": free,
-                                           "guest_top": top}
+                                           "guest_top": top, "uevents": kinds}
                     rows.append(row)
                     self.record(f"f: attach N={n}", engine.name, s)
                     if n in F_POINTS or n % 8 == 7:
                         print(f"    guest CPU of that attach by process: {top}", flush=True)
+                        print(f"    kernel uevents during it: {kinds}", flush=True)
                     if n in F_POINTS or n == self.max_n:
                         row.update(await _f_point(client, monitor, bare, engine))
                         if self.profile_health:  # an uncounted round
