@@ -42,6 +42,7 @@ from hostagent.errors import (
 )
 from hostagent.host import scsi
 from hostagent.host.fs import DISK_BY_ID, SYS_BLOCK, HostFS, dev_node
+from hostagent.host.multipath import map_wwid
 from hostagent.models import (
     Chap,
     ClaimsSource,
@@ -364,8 +365,7 @@ class BrickConnector:
         if not self.fs.exists(f"{SYS_BLOCK}/{name}"):
             return False
         if device.multipath:
-            uuid = self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") or ""
-            return uuid.removeprefix("mpath-") == device.wwn
+            return map_wwid(self.fs, name) == device.wwn
         return all(scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
 
     @property

@@ -29,7 +29,7 @@ from hostagent.errors import (
 from hostagent.host import proc, scsi
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import DISK_BY_ID, SYS_BLOCK, SYS_CLASS, UDEV_DB, HostFS, dev_node
-from hostagent.host.multipath import Multipath
+from hostagent.host.multipath import Multipath, map_wwid
 from hostagent.host.udev import Udev, block_initialized
 from hostagent.models import (
     NO_CLAIMS,
@@ -146,18 +146,21 @@ class Devices:
         holders = [h for h in scsi.holders(self.fs, sd) if h.startswith("dm-")]
         if not holders:
             return False
-        map_wwid = (self.fs.try_read(f"{SYS_BLOCK}/{holders[0]}/dm/uuid") or "")
-        map_wwid = map_wwid.removeprefix("mpath-")
+        held_by = map_wwid(self.fs, holders[0])
+        if held_by is None:  # LVM or another dm target on the raw disk: in use, not ours
+            raise DeviceBusy(f"{sd} ({hctl}) is held by {holders[0]}, which is not a "
+                             "multipath map: the disk is in use outside multipath", hctl=hctl,
+                             holder=holders[0])
         scsi.rescan_device(self.fs, hctl)
-        if scsi.wwid(self.fs, hctl) == map_wwid:
+        if scsi.wwid(self.fs, hctl) == held_by:
             return True
         try:
-            await self.remove_map(map_wwid, holders[0], force=False)
+            await self.remove_map(held_by, holders[0], force=False)
         except DeviceBusy as err:
-            raise DeviceBusy(f"{sd} ({hctl}) is held by map {map_wwid}, which is open, but "
+            raise DeviceBusy(f"{sd} ({hctl}) is held by map {held_by}, which is open, but "
                              "the LUN now reports another WWID: the array reused the LUN id "
                              "of a volume still in use on this host", hctl=hctl,
-                             stale_map=map_wwid) from err
+                             stale_map=held_by) from err
         return False
 
     def path_wwid(self, hctl: str, sd: str) -> str:

@@ -26,7 +26,7 @@ from hostagent.health.verdict import (
 )
 from hostagent.host import fc, scsi
 from hostagent.host.fs import SYS_BLOCK, HostFS, dev_node
-from hostagent.host.multipath import MapInfo, MapPath, Multipath
+from hostagent.host.multipath import MapInfo, MapPath, Multipath, map_wwid
 from hostagent.models import (
     Attachment,
     Device,
@@ -96,10 +96,8 @@ class Observer:
     def _map_devices(self, block_names: Iterable[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for name in block_names:
-            if name.startswith("dm-"):
-                uuid = self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") or ""
-                if uuid.startswith("mpath-"):
-                    found.setdefault(uuid[len("mpath-"):], name)
+            if (wwid := map_wwid(self.fs, name)) is not None:
+                found.setdefault(wwid, name)
         return found
 
     def observe(self, att: Attachment, device: Device, snap: Snapshot,

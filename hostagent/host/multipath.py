@@ -32,6 +32,15 @@ WWIDS_HEADER = (
 )
 
 
+def map_wwid(fs: HostFS, name: str) -> str | None:
+    """The WWID a device-mapper device serves if it is a multipath map (its dm/uuid is
+    `mpath-<WWID>`); None for any other block device."""
+    if not name.startswith("dm-"):
+        return None
+    uuid = fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") or ""
+    return uuid.removeprefix("mpath-") if uuid.startswith("mpath-") else None
+
+
 class MultipathdClient(Protocol):
     async def command(self, cmd: str, *, timeout: float) -> str: ...
 
@@ -196,5 +205,4 @@ class Multipath:
         return None
 
     def _is_map_of(self, name: str, wwid: str) -> bool:
-        return name.startswith("dm-") and \
-            self.fs.try_read(f"{SYS_BLOCK}/{name}/dm/uuid") == f"mpath-{wwid}"
+        return map_wwid(self.fs, name) == wwid

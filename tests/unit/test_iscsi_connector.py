@@ -214,6 +214,17 @@ def test_a_stale_map_that_is_open_is_refused(host: Host) -> None:
     assert host.kernel.dm_of(WWID) is not None  # never touched
 
 
+def test_a_disk_another_dm_target_holds_is_refused_untouched(host: Host) -> None:
+    _k2_lun1_then_reused(host)
+    dm = host.kernel.dm_of(WWID)
+    host.kernel.write(f"/sys/block/{dm}/dm/uuid", "LVM-3Xc9fZ")  # LVM on the raw disks
+    with pytest.raises(DeviceBusy) as err:
+        host.attach(k2(1))
+    assert err.value.details["holder"] == dm and "not a multipath map" in err.value.message
+    assert not [c for c in host.mpd.commands if c.startswith("del map")]
+    assert (host.kernel.p("/sys/block") / dm).exists()
+
+
 def test_a_disk_multipathd_refuses_at_first_is_offered_again(host: Host) -> None:
     host.kernel.luns[(IQN, 0)] = WWID
     host.expect_attach(IQN)
