@@ -275,7 +275,7 @@ class Devices:
         """Take away what an attach made: maps made only of its disks, then the disks."""
         created = [p for p in paths if p.created]
         for wwid in {p.wwid for p in paths if p.wwid} - claims.wwids:
-            dm = self.multipath.map_device(wwid, [p.info.device for p in paths if p.wwid == wwid])
+            dm = self._map_over(wwid, paths)
             if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
                     p.info.device for p in created}:
                 await self.remove_map(wwid, dm, force=force)
@@ -284,12 +284,15 @@ class Devices:
             await self.delete_disks([p.info for p in created if p.wwid == wwid], wwid,
                                     claims=claims)
 
-    def forget_unmapped(self, paths: Iterable[ScsiPath]) -> None:
+    def forget_unmapped(self, paths: Sequence[ScsiPath]) -> None:
         """Forget the WWIDs of paths whose map is gone (a recovery's last step)."""
         for wwid in {p.wwid for p in paths if p.wwid}:
-            if self.multipath.map_device(wwid, [p.info.device for p in paths
-                                                if p.wwid == wwid]) is None:
+            if self._map_over(wwid, paths) is None:
                 self.multipath.forget_wwid(wwid)
+
+    def _map_over(self, wwid: str, paths: Sequence[ScsiPath]) -> str | None:
+        """dm-N of `wwid`'s map, looked up through the disks of its paths first."""
+        return self.multipath.map_device(wwid, [p.info.device for p in paths if p.wwid == wwid])
 
     def present(self, device: Device) -> bool:
         """Whether an attached volume's device is still on the host, as the same volume."""
