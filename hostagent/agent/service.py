@@ -86,8 +86,10 @@ def redact_connection_info(info: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Owned:
-    """What one attachment owns on the host, and its volume's key (parsed once)."""
+    """What one attachment owns on the host, its volume's key and its parsed
+    connection_info (parsed once per row version)."""
 
+    spec: VolumeSpec
     wwids: frozenset[str]
     hctls: frozenset[str]
     sessions: frozenset[tuple[str, str]]
@@ -105,7 +107,7 @@ def _owned(att: Attachment) -> _Owned:
     if isinstance(spec, IscsiVolume):
         targets = (att.device.iscsi_targets if att.device else ()) or spec.targets
         sessions = frozenset((t.iqn, str(t.portal)) for t in targets)
-    return _Owned(wwids, hctls, sessions, _volume_key(spec))
+    return _Owned(spec, wwids, hctls, sessions, _volume_key(spec))
 
 
 def _union(owned: Iterable[_Owned]) -> Claims:
@@ -390,6 +392,11 @@ class Service:
             return _union(self._owned_by(a) for a in self.store.list()
                           if a.id != attachment_id and a.status in _CLAIMING)
         return read
+
+    def spec_of(self, att: Attachment) -> VolumeSpec:
+        """The row's parsed connection_info: parsed once while the row is unchanged (the
+        store hands out a new object only when a row changes)."""
+        return self._owned_by(att).spec
 
     def _owned_by(self, att: Attachment) -> _Owned:
         cached = self._owned.get(att.id)

@@ -80,7 +80,8 @@ class HealthMonitor:
     async def check(self) -> HealthReport:
         async with self._lock:  # one gathering at a time (periodic and on demand)
             snap = await self.observer.snapshot()
-            observations = [self.observer.observe(att, att.device, snap, self._iface(att))
+            observations = [self.observer.observe(att, self.service.spec_of(att), att.device,
+                                                  snap, self._iface(att))
                             for att in self.service.list()
                             if att.status == Status.ATTACHED and att.device is not None
                             and att.phase != RESTORING]  # not yet made again

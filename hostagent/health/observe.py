@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from hostagent.connection_info import parse
 from hostagent.connectors.devices import describe
 from hostagent.connectors.fc import plan as fc_plan
 from hostagent.errors import HostAgentError
@@ -78,7 +77,6 @@ class Observer:
     def __init__(self, fs: HostFS, multipath: Multipath) -> None:
         self.fs = fs
         self.multipath = multipath
-        self._specs: dict[str, tuple[Attachment, VolumeSpec]] = {}
 
     async def snapshot(self) -> Snapshot:
         maps: dict[str, MapInfo] | None = None
@@ -100,9 +98,8 @@ class Observer:
                 found.setdefault(wwid, name)
         return found
 
-    def observe(self, att: Attachment, device: Device, snap: Snapshot,
+    def observe(self, att: Attachment, spec: VolumeSpec, device: Device, snap: Snapshot,
                 iface: str | None) -> AttachmentObservation:
-        spec = self._spec(att)
         dm = snap.map_devices.get(device.wwn) if device.multipath else None
         info = (snap.maps or {}).get(device.wwn)
         place = _Placement(set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")),
@@ -121,18 +118,6 @@ class Observer:
         return AttachmentObservation(att.id, att.volume_id, att.protocol,
                                      dev_node(dm) if dm else device.path, device.wwn,
                                      tuple(paths), map_obs, rports, notes=notes)
-
-    def _spec(self, att: Attachment) -> VolumeSpec:
-        """The parsed connection_info, kept while the row object is the same (the store
-        hands out a new one only when the row changed)."""
-        cached = self._specs.get(att.id)
-        if cached is not None and cached[0] is att:
-            return cached[1]
-        spec = parse(att.connection_info)
-        if len(self._specs) >= 16384:  # ids of detached rows: never unbounded
-            self._specs.clear()
-        self._specs[att.id] = (att, spec)
-        return spec
 
     def _disk(self, snap: Snapshot, place: _Placement | None, label: str, target: str | None,
               hctl: str, *, session_state: str | None = None, connection_state: str | None = None,
