@@ -978,8 +978,6 @@ def main(argv: list[str] | None = None) -> int:
                              "LUNS DATA HAS CHANGED event to its disk (guest only)")
     args = parser.parse_args(argv)
     guest = guest_mod.prepare()
-    if args.udev_keep_lun_change:
-        _udev_keep_lun_change()
     workdir = Path(tempfile.mkdtemp(prefix="hostagent-bench-array-"))
     locks = tempfile.mkdtemp(prefix="hostagent-bench-locks-")
     engines: list[Engine] = [e for e in (Native(locks), Brick(locks), Direct(locks))
@@ -987,7 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines},
                   max_n=args.max_n, profile_health=args.profile_health,
                   f_budget=args.f_budget)
-    if args.udev_keep_lun_change:
+    if args.udev_keep_lun_change:  # before the first attach
+        _udev_keep_lun_change()
         bench.notes["udev"] = ("experiment: REPORTED LUNS DATA HAS CHANGED not forwarded to "
                                f"the disks (/etc/udev/rules.d/{UDEV_BLOCK_RULES})")
     fabric = None
