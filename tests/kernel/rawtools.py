@@ -8,7 +8,7 @@ from pathlib import Path
 from hostagent.models import Device
 from tests.kernel.testbed import probe
 from tests.kernel.testbed.lio import Chap
-from tests.kernel.testbed.sh import run, wait_until
+from tests.kernel.testbed.sh import CommandError, run, wait_until
 
 
 def node_args(iqn: str, portal: str) -> list[str]:
@@ -90,7 +90,21 @@ def assert_map(device: Device, wwid: str, paths: int) -> None:
 
 
 def remove_map(wwid: str) -> None:
-    run(["multipath", "-f", wwid], timeout=60)
+    """Flush the map, waiting out udev's brief opens of it.
+
+    A reinstated path reloads the map's table; the change event that follows has
+    udev's blkid hold the map open for a moment, and `multipath -f` then refuses
+    it as "map in use" (seen in CI right after a blocked portal came back).
+    """
+    def flushed() -> bool:
+        run(["udevadm", "settle", "--timeout=30"], timeout=40)
+        proc = run(["multipath", "-f", wwid], ok=(0, 1), timeout=60)
+        if proc.returncode == 0:
+            return True
+        if "map in use" not in proc.stderr:
+            raise CommandError(f"multipath -f {wwid} -> rc 1\nstderr: {proc.stderr.strip()}")
+        return False
+    wait_until(flushed, timeout=30, interval=1, what=f"map {wwid} to be free to flush")
 
 
 def delete_disks(disks: list[str]) -> None:
