@@ -47,6 +47,7 @@ from hostagent.host.proc import supplementary_groups
 from hostagent.host.udev import PyudevWatcher
 from hostagent.node.mpathconf import MultipathConfig
 from hostagent.node.preflight import Preflight
+from hostagent.node.udevrule import UdevRule
 
 log = logging.getLogger("hostagent.daemon")
 
@@ -99,7 +100,8 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
                                heal_interval=cfg.heal_interval, probe=cfg.probe_read,
                                probe_timeout=cfg.probe_timeout))
     preflight = Preflight(fs, executor, multipathd, HostNet(),
-                          MultipathConfig(fs, executor, multipathd), observe=report_preflight,
+                          MultipathConfig(fs, executor, multipathd), UdevRule(fs, executor),
+                          observe=report_preflight,
                           my_ip=cfg.my_ip)
     peers = PeerCheck(functools.partial(supplementary_groups, fs), cfg.allowed_uids(),
                       cfg.allowed_gids())

@@ -1,6 +1,7 @@
 """hostagent-cli commands that run on the node itself, without the daemon:
 `preflight` and `multipath install|check|show` (their arguments are parsed in
-cli.py). They need root for most checks."""
+cli.py); `multipath install` also writes the udev rule of node/udevrule.py. They
+need root for most checks."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hostagent.exitcodes import CheckExit, ExitCode
 from hostagent.node.mpathconf import MultipathConfig, effective
 from hostagent.node.preflight import Check, Options, Status, overall, report
 from hostagent.node.tools import Host, real_host
+from hostagent.node.udevrule import RuleInstall, RuleState
 
 _EXIT = {Status.PASS: CheckExit.PASS, Status.WARN: CheckExit.WARN, Status.FAIL: CheckExit.FAIL}
 
@@ -71,13 +73,27 @@ async def _run(args: argparse.Namespace, host: Host) -> tuple[Any, str, int]:
         answer, text = await _show(host.mpconf)
         return answer, text, ExitCode.OK
     result = await host.mpconf.install()
+    rule = await host.udev.install()
     text = "\n".join([*(f"installed {f}" for f in result.written),
                       *(f"unchanged {f}" for f in result.unchanged),
                       *(["created a minimal multipath.conf"] if result.created_conf else []),
                       "multipathd reconfigured" if result.reconfigured
-                      else "multipathd is not running; the settings apply when it starts"])
+                      else "multipathd is not running; the settings apply when it starts",
+                      _rule_line(rule)])
     return {"written": result.written, "unchanged": result.unchanged,
-            "created_conf": result.created_conf, "reconfigured": result.reconfigured}, text, 0
+            "created_conf": result.created_conf, "reconfigured": result.reconfigured,
+            "udev_rule": {"path": rule.path, "found": str(rule.found), "action": rule.action}
+            }, text, 0
+
+
+def _rule_line(rule: RuleInstall) -> str:
+    if rule.action == "left alone":
+        return (f"left {rule.path} alone: it is not hostagent's and forwards REPORTED LUNS "
+                "DATA HAS CHANGED to the disks (`multipath check` says what to add)")
+    if rule.action == "unchanged":
+        return (f"unchanged {rule.path}" if rule.found == RuleState.IN_EFFECT else
+                "no udev rule needed: none forwards REPORTED LUNS DATA HAS CHANGED to the disks")
+    return f"{rule.action} {rule.path} ({rule.found} before); udev reloaded"
 
 
 def main(args: argparse.Namespace, host_factory: Callable[[], Host] | None = None) -> int:

@@ -363,8 +363,10 @@ def _local_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     m = sub.add_parser("multipath", parents=[common],
                        help="hostagent's vendor multipath settings (no daemon needed)")
     m.add_argument("action", choices=("install", "check", "show"),
-                   help="install the stanzas and reconfigure multipathd; check that they "
-                        "are in effect and nothing conflicts; show the effective values")
+                   help="install the stanzas and reconfigure multipathd, and the udev rule "
+                        "that keeps one LUN's change off its target's other disks; check "
+                        "that they are in effect and nothing conflicts; show the effective "
+                        "values")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,8 @@ SYS_MODULE = "/sys/module"
 # Where preflight looks for the tools hostagent runs (systemd's default PATH).
 BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 UDEV_DB = "/run/udev/data"
+ETC_UDEV_RULES = "/etc/udev/rules.d"  # masks a rules file of the same name below
+LIB_UDEV_RULES = ("/usr/lib/udev/rules.d", "/lib/udev/rules.d")  # the distribution's
 DISK_BY_ID = "/dev/disk/by-id"
 ISCSI_LOCK_DIR = "/run/lock/iscsi"  # open-iscsi idbm.h LOCK_DIR (/var/lock is a link to it)
 PROC = "/proc"

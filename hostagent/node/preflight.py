@@ -41,6 +41,7 @@ from hostagent.node.mpathconf import (
     mapped_timeouts,
     stanza_differences,
 )
+from hostagent.node.udevrule import FORWARD, OVERRIDE, SKIP, Rules, RuleState, UdevRule, state
 
 INITIATOR_FILE = f"{ETC_ISCSI}/initiatorname.iscsi"
 ISCSID_CONF = f"{ETC_ISCSI}/iscsid.conf"
@@ -378,13 +379,38 @@ class Options:
     connect_timeout: float = CONNECT_TIMEOUT
 
 
+def udev_check(rules: Rules) -> Check:
+    """udev's forward of a target's LUN-change event to every other disk of it
+    (udevrule's docstring says why it costs each attach O(LUNs on the target))."""
+    cid, found = "udev.lun_change", state(rules)
+    cost = ("so each LUN attached or detached re-runs the disk rules and multipathd's "
+            "change handling on every other LUN of its target: attaches slow as LUNs grow")
+    install = "run `hostagent-cli multipath install`"
+    if found == RuleState.IN_EFFECT:
+        return Check(cid, Status.PASS, f"{OVERRIDE} (hostagent's) keeps REPORTED LUNS DATA "
+                     "HAS CHANGED off the disks")
+    if found == RuleState.NOT_NEEDED:
+        return Check(cid, Status.PASS, "no rule in effect forwards REPORTED LUNS DATA HAS "
+                     "CHANGED to the disks")
+    if found == RuleState.MISSING:
+        return Check(cid, Status.WARN, f"{rules.source} forwards each SCSI device's REPORTED "
+                     f"LUNS DATA HAS CHANGED event to its disk, {cost}", install)
+    if found == RuleState.STALE:
+        return Check(cid, Status.WARN, f"{OVERRIDE} is hostagent's copy of an earlier "
+                     f"{rules.source or 'distribution file, now gone'}", install)
+    return Check(cid, Status.WARN, f"{OVERRIDE}, not hostagent's, forwards each SCSI "
+                 f"device's REPORTED LUNS DATA HAS CHANGED event to its disk, {cost}",
+                 f"add `{SKIP.rstrip(', ')}` before `{FORWARD}` in its forward rule, then "
+                 "`udevadm control --reload`")
+
+
 class Preflight:
     def __init__(self, fs: HostFS, executor: Executor, multipathd: MultipathdClient,
-                 net: Net, mpconf: MultipathConfig,
+                 net: Net, mpconf: MultipathConfig, udev: UdevRule,
                  observe: Callable[[Mapping[str, int]], None] | None = None, *,
                  my_ip: str | None = None, local: LocalNet = HOST_LOCAL_NET) -> None:
         self.fs, self.executor, self.multipathd, self.net = fs, executor, multipathd, net
-        self.mpconf = mpconf
+        self.mpconf, self.udev = mpconf, udev
         self.my_ip, self.local = my_ip, local  # the connector's ip: configured, or chosen
         self._observe = observe  # checks per status after each run: metrics
 
@@ -416,10 +442,11 @@ class Preflight:
                          MULTIPATH_TOOLS)
 
     def _multipath(self, config: Block | Check) -> list[Check]:
+        udev = udev_check(self.udev.rules())
         if isinstance(config, Check):
-            return [config]
-        return multipath_checks(self.mpconf.conf_text(), config, self.mpconf.stanzas,
-                                self.mpconf.config_dir())
+            return [config, udev]
+        return [*multipath_checks(self.mpconf.conf_text(), config, self.mpconf.stanzas,
+                                  self.mpconf.config_dir()), udev]
 
     def which(self, name: str) -> str | None:
         return next((f"{d}/{name}" for d in BIN_DIRS if self.fs.is_executable(f"{d}/{name}")),

@@ -11,15 +11,17 @@ from hostagent.host.multipath import SocketClient
 from hostagent.host.net import HostNet
 from hostagent.node.mpathconf import MultipathConfig
 from hostagent.node.preflight import Preflight
+from hostagent.node.udevrule import UdevRule
 
 
 @dataclass(frozen=True)
 class Host:
     preflight: Preflight
     mpconf: MultipathConfig
+    udev: UdevRule
 
 
 def real_host() -> Host:
     fs, executor, multipathd = HostFS("/"), AsyncExecutor(), SocketClient()
-    mpconf = MultipathConfig(fs, executor, multipathd)
-    return Host(Preflight(fs, executor, multipathd, HostNet(), mpconf), mpconf)
+    mpconf, udev = MultipathConfig(fs, executor, multipathd), UdevRule(fs, executor)
+    return Host(Preflight(fs, executor, multipathd, HostNet(), mpconf, udev), mpconf, udev)

@@ -63,6 +63,7 @@ from hostagent.host.fs import HostFS
 from hostagent.host.multipath import SocketClient
 from hostagent.host.udev import PyudevWatcher, block_initialized
 from hostagent.models import Attachment, Device, Status, device_from_dict
+from hostagent.node.udevrule import UdevRule
 from tests.kernel.testbed import guest as guest_mod
 from tests.kernel.testbed.fcoe import FcArray, FcExport, FcFabric
 from tests.kernel.testbed.lio import Export, IscsiArray
@@ -929,23 +930,13 @@ def machine() -> dict[str, Any]:
             "host_load_before": os.environ.get("BENCH_HOST_LOAD", "?")}
 
 
-UDEV_BLOCK_RULES = "60-block.rules"
-FORWARD = 'ACTION=="change", SUBSYSTEM=="scsi", ENV{DEVTYPE}=="scsi_device", '
-
-
-def _udev_keep_lun_change() -> None:
-    """systemd's 60-block.rules forwards every change event of a SCSI device to its
-    disk, so one LUN added to a target re-runs the disk rules (sg_inq, `multipath -u`)
-    and multipathd's change handling on every other LUN of it. A copy in /etc (the
-    guest's tmpfs: gone with it) masks the original and skips the one event kind that
-    says nothing about the disk itself."""
-    text = Path(f"/lib/udev/rules.d/{UDEV_BLOCK_RULES}").read_text()
-    assert FORWARD in text, f"{UDEV_BLOCK_RULES} has no forward rule of the known form"
-    Path(f"/etc/udev/rules.d/{UDEV_BLOCK_RULES}").write_text(text.replace(
-        FORWARD, FORWARD + 'ENV{SDEV_UA}!="REPORTED_LUNS_DATA_HAS_CHANGED", '))
-    subprocess.run(["udevadm", "control", "--reload"], check=True)
-    print(f"udev: /etc/udev/rules.d/{UDEV_BLOCK_RULES} keeps REPORTED LUNS DATA HAS CHANGED "
-          "on the SCSI device", flush=True)
+def _install_udev_rule() -> str:
+    """hostagent's udev rule (`hostagent-cli multipath install` writes it): the guest's
+    /etc is a tmpfs, so it goes with the guest."""
+    done = asyncio.run(UdevRule(HostFS("/"), AsyncExecutor()).install())
+    assert done.action == "written", done
+    print(f"udev: {done.path} written (hostagent's rule), udev reloaded", flush=True)
+    return done.path
 
 
 def _version(dist: str) -> str:
@@ -973,9 +964,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="(f): at each measured N, one more health round under cProfile")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the extra, uncounted case (b) of native under cProfile")
-    parser.add_argument("--udev-keep-lun-change", action="store_true",
-                        help="experiment: udev does not forward a SCSI device's REPORTED "
-                             "LUNS DATA HAS CHANGED event to its disk (guest only)")
+    parser.add_argument("--udev-rule", "--udev-keep-lun-change", dest="udev_rule",
+                        action="store_true",
+                        help="install hostagent's udev rule first (as `multipath install` "
+                             "does): a SCSI device's REPORTED LUNS DATA HAS CHANGED event "
+                             "is not forwarded to its disk")
     args = parser.parse_args(argv)
     guest = guest_mod.prepare()
     workdir = Path(tempfile.mkdtemp(prefix="hostagent-bench-array-"))
@@ -985,10 +978,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(IscsiArray(guest, portals=2, workdir=workdir), {e.name: e for e in engines},
                   max_n=args.max_n, profile_health=args.profile_health,
                   f_budget=args.f_budget)
-    if args.udev_keep_lun_change:  # before the first attach
-        _udev_keep_lun_change()
-        bench.notes["udev"] = ("experiment: REPORTED LUNS DATA HAS CHANGED not forwarded to "
-                               f"the disks (/etc/udev/rules.d/{UDEV_BLOCK_RULES})")
+    if args.udev_rule:  # before the first attach
+        bench.notes["udev"] = (f"hostagent's rule ({_install_udev_rule()}): REPORTED LUNS "
+                               "DATA HAS CHANGED not forwarded to the disks")
     fabric = None
     if "d" in args.cases:
         fabric = FcFabric(links=2)

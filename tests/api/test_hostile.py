@@ -311,7 +311,7 @@ def test_cli_preflight_portals(corpus: Corpus, capsys: pytest.CaptureFixture[str
                                monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     node = corpus.agent.node
     monkeypatch.setattr("hostagent.cli.local.real_host",
-                        lambda: LocalHost(node.preflight, node.mpconf))
+                        lambda: LocalHost(node.preflight, node.mpconf, node.udev))
     status = cli.main(["preflight", "--portal", "10.0.0.2", f"--portal={value}"])
     out, err = capsys.readouterr()
     err = "\n".join(line for line in err.splitlines() if "not root" not in line) + "\n"

@@ -343,6 +343,8 @@ def test_preflight_over_the_api_checks_the_live_node(array: IscsiArray, daemon: 
     assert checks[f"portal.{portal}.connect"] == checks[f"portal.{portal}.route"] == "pass"
     # The test bed runs without hostagent's vendor stanzas: found, with the remedy.
     assert checks["multipath.datera"] == "fail" and doc["status"] == "fail"
+    # ... and with the distribution's 60-block.rules alone.
+    assert checks["udev.lun_change"] == "warn"
 
 
 def test_another_tools_session_and_map_are_never_touched(array: IscsiArray,

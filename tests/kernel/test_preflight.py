@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pyudev
 
 from hostagent.cli.local import checks_table
 from hostagent.models import Device
 from hostagent.node.mpathconf import effective, load_stanzas, mapped_timeouts, parse
 from hostagent.node.preflight import Check, Status
+from hostagent.node.udevrule import OVERRIDE
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import check_data
 from tests.kernel.test_fc_connector import native_host as fc_native_host
@@ -38,6 +40,7 @@ CONF_DIR = Path("/etc/multipath/conf.d")
 # Where preflight's remedy for Datera's checker_timeout says to put it.
 CHECKER_CONF = CONF_DIR / "checker_timeout.conf"
 INITIATOR_FILE = Path("/etc/iscsi/initiatorname.iscsi")
+UDEV_RULE = Path(OVERRIDE)
 SILK_DEV_LOSS_TMO = 3  # what Silk publishes for K2 (kaminario.conf says why not ours)
 
 
@@ -78,11 +81,18 @@ def stanzas(guest: guest_mod.Guest) -> Iterator[None]:
     installed = cli("multipath", "install")
     assert installed.returncode == 0, installed.stderr
     assert "multipathd reconfigured" in installed.stdout, installed.stdout
+    assert f"written {UDEV_RULE} (missing before); udev reloaded" in installed.stdout
     yield
     for stanza in {s.file for s in load_stanzas()}:
         (CONF_DIR / stanza).unlink(missing_ok=True)
     CHECKER_CONF.unlink(missing_ok=True)
     guest_mod.set_find_multipaths("no")
+    remove_udev_rule()
+
+
+def remove_udev_rule() -> None:
+    UDEV_RULE.unlink(missing_ok=True)
+    run(["udevadm", "control", "--reload"])
 
 
 @pytest.fixture
@@ -137,6 +147,60 @@ def test_a_prepared_guest_passes_and_each_fault_is_found_with_its_remedy(
     # Put back, the node passes again.
     assert cli("multipath", "install").returncode == 0
     assert preflight(portals) == (0, {})
+
+
+def disk_changes_after_a_lun_change(array: IscsiArray, device: Device) -> int:
+    """Export one more LUN on the volume's target, have one of its paths' SCSI
+    devices get the array's REPORTED LUNS DATA HAS CHANGED, and count the change
+    events of the paths' disks until udev has handled everything that followed."""
+    run(["udevadm", "settle", "--timeout=60"], timeout=70)
+    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+    monitor.start()
+    array.export_k2()
+    for path in device.paths:  # takes the unit attention now, not at the next path check
+        run(["dd", f"if=/dev/{path.device}", "of=/dev/null", "bs=4096", "count=1",
+             "iflag=direct"])
+    events: list[tuple[str, str, str]] = []
+    paths = {p.hctl for p in device.paths}
+
+    def lun_change_seen() -> bool:
+        # LIO keeps the unit attention per initiator and LUN, not per session: the
+        # first path to send a command takes it, the other never sees it.
+        while (dev := monitor.poll(timeout=0)) is not None:
+            events.append((dev.action or "", dev.subsystem or "", dev.sys_name))
+            if dev.sys_name in paths and dev.properties.get("SDEV_UA") == LUN_CHANGE:
+                return True
+        return False
+    try:
+        wait_until(lun_change_seen, timeout=60, what=f"{LUN_CHANGE} on one of {sorted(paths)}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the events seen: {events}") from None
+    run(["udevadm", "settle", "--timeout=60"], timeout=70)
+    while (dev := monitor.poll(timeout=1)) is not None:
+        events.append((dev.action or "", dev.subsystem or "", dev.sys_name))
+    print(f"events after the LUN change: {events}")
+    return sum(events.count(("change", "block", p.device)) for p in device.paths)
+
+
+LUN_CHANGE = "REPORTED_LUNS_DATA_HAS_CHANGED"
+
+
+def test_the_udev_rule_keeps_a_new_lun_off_the_other_disks_of_its_target(
+        stanzas: None, array: IscsiArray) -> None:
+    """With `multipath install`'s rule the guest's udev does not pass the event on to
+    an attached volume's disks (no disk rules re-run, no change for multipathd);
+    without it, it does."""
+    host, export = native_host(), array.export_k2()
+    device = asyncio.run(host.attach(export))
+    try:
+        assert "udev.lun_change" not in preflight(array.portals)[1]
+        assert disk_changes_after_a_lun_change(array, device) == 0
+        remove_udev_rule()
+        assert disk_changes_after_a_lun_change(array, device) >= 1
+        assert preflight(array.portals)[1]["udev.lun_change"].endswith(
+            "hostagent-cli multipath install`")
+    finally:
+        asyncio.run(host.detach(export, device))
 
 
 def multipath_ll(wwid: str) -> str:

@@ -11,6 +11,7 @@ from hostagent.host.fs import HostFS
 from hostagent.host.net import Route
 from hostagent.node.mpathconf import MultipathConfig
 from hostagent.node.preflight import Preflight
+from hostagent.node.udevrule import UdevRule
 from tests.unit.fakes import FakeExecutor, FakeLocalNet
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "guest"
@@ -78,8 +79,9 @@ class Node:
         self.write("/etc/multipath.conf", "defaults {\n\tuser_friendly_names no\n}\n")
         self.mpconf = MultipathConfig(self.fs, self.executor, self.mpd)
         self.local = FakeLocalNet()  # a default route from 192.0.2.2
+        self.udev = UdevRule(self.fs, self.executor)
         self.preflight = Preflight(self.fs, self.executor, self.mpd, self.net, self.mpconf,
-                                   local=self.local)
+                                   self.udev, local=self.local)
 
     def write(self, host_path: str, text: str, mode: int = 0o644) -> None:
         path = self.root / host_path.lstrip("/")

@@ -292,7 +292,7 @@ def test_fc_hbas() -> None:
 def cli_run(node: Node, argv: list[str], capsys: pytest.CaptureFixture[str],
             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     monkeypatch.setattr("hostagent.cli.local.real_host", lambda: Host(node.preflight,
-                                                                     node.mpconf))
+                                                                     node.mpconf, node.udev))
     status = cli.main(argv)
     out, err = capsys.readouterr()
     return status, out, err
@@ -337,7 +337,7 @@ def test_cli_multipath_show_and_check(tmp_path: Path, capsys: pytest.CaptureFixt
     assert status == CheckExit.FAIL
     assert {c["id"]: c["status"] for c in json.loads(out)["checks"]} == {
         "multipath.conf": "pass", "multipath.datera": "fail", "multipath.kmnrio": "fail",
-        "multipath.datera.checker_timeout": "warn"}
+        "multipath.datera.checker_timeout": "warn", "udev.lun_change": "pass"}
 
 
 def test_cli_multipath_install_reports_what_it_did(
@@ -367,7 +367,7 @@ def test_multipath_checks_report_a_hiding_blacklist_and_friendly_names() -> None
 def test_each_run_reports_its_counts_per_status(tmp_path: Path) -> None:
     node = Node(tmp_path)
     seen: list[dict[str, int]] = []
-    preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf,
+    preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf, node.udev,
                           observe=lambda counts: seen.append(dict(counts)), local=node.local)
     node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
     checks = asyncio.run(preflight.run())
@@ -387,7 +387,7 @@ def test_the_connectors_ip_is_checked(tmp_path: Path, my_ip: str | None,
                                       says: str) -> None:
     node = Node(tmp_path)
     node.local.sources = sources
-    preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf,
+    preflight = Preflight(node.fs, node.executor, node.mpd, node.net, node.mpconf, node.udev,
                           my_ip=my_ip, local=node.local)
     node.expect_checks(multipath_t=MULTIPATH_T_INSTALLED)
     check = {c.id: c for c in asyncio.run(preflight.run())}["connector.ip"]
