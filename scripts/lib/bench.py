@@ -104,8 +104,8 @@ def _guest_stat() -> tuple[float, int]:
     return busy, forks
 
 
-def _proc_ticks() -> dict[tuple[int, str], int]:
-    """user + system ticks of every process and kernel thread in the guest, by (pid, name)."""
+def _proc_ticks() -> dict[int, tuple[str, int]]:
+    """(name, user + system ticks) of every process and kernel thread in the guest, by pid."""
     ticks = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -116,21 +116,25 @@ def _proc_ticks() -> dict[tuple[int, str], int]:
             continue  # gone
         name = text[text.index("(") + 1:text.rindex(")")]
         fields = text[text.rindex(")") + 2:].split()
-        ticks[(int(entry), name)] = int(fields[11]) + int(fields[12])
+        ticks[int(entry)] = (name, int(fields[11]) + int(fields[12]))
     return ticks
 
 
-def _top_cpu(before: dict[tuple[int, str], int], after: dict[tuple[int, str], int],
+def _top_cpu(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]],
              count: int = 6) -> list[tuple[str, float]]:
     """Who used the guest's CPU between two readings, by name. Kernel workers go by
     the workqueue their name shows at the second reading ("kworker/1:2-kaluad" ->
-    "kworker-kaluad"): the last one each served, so the split is approximate."""
+    "kworker-kaluad"): the last one each served, so the split is approximate. Matched
+    by pid alone: a worker renames itself with each workqueue it serves, and matched
+    by name too its whole lifetime's ticks would count."""
     used: dict[str, float] = {}
-    for key, t in after.items():
-        name = key[1]
+    for pid, (name, t) in after.items():
+        _, base = before.get(pid, (name, 0))
+        if base > t:  # the pid was reused during the span
+            base = 0
         if name.startswith("kworker"):
             name = "kworker-" + (name.split("-", 1)[1] if "-" in name else "idle")
-        used[name] = used.get(name, 0.0) + (t - before.get(key, 0)) / TICK
+        used[name] = used.get(name, 0.0) + (t - base) / TICK
     return sorted(((n, round(v, 2)) for n, v in used.items() if v > 0),
                   key=lambda nv: -nv[1])[:count]
 
