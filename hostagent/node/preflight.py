@@ -275,12 +275,14 @@ def host_default_check(config: Block, stanza: Stanza, want: HostDefault,
                  "`hostagent-cli multipath install` does not write it")
 
 
+INSTALL = "run `hostagent-cli multipath install`"
+
+
 def multipath_checks(conf_text: str | None, config: Block, stanzas: Sequence[Stanza],
                      config_dir: str = MULTIPATH_CONF_DIR) -> list[Check]:
-    install = "run `hostagent-cli multipath install`"
     checks = [Check("multipath.conf", Status.PASS, MULTIPATH_CONF) if conf_text is not None
               else Check("multipath.conf", Status.WARN, f"{MULTIPATH_CONF} is missing: "
-                         "multipath runs on its built-in defaults", install)]
+                         "multipath runs on its built-in defaults", INSTALL)]
     for stanza in stanzas:
         v, p = stanza.vendor, stanza.product
         names = effective(config, v, p, "user_friendly_names")
@@ -292,7 +294,7 @@ def multipath_checks(conf_text: str | None, config: Block, stanzas: Sequence[Sta
                                 f'"{v}" product "{p}", to {MULTIPATH_CONF}'))
         elif diffs := stanza_differences(config, stanza):
             checks.append(Check(cid, Status.FAIL, f"{stanza.name}: " + "; ".join(diffs),
-                                f"{install}; where a value comes from overrides, remove it "
+                                f"{INSTALL}; where a value comes from overrides, remove it "
                                 f"there"))
         elif names.value == "yes":
             checks.append(Check(cid, Status.WARN, f"{stanza.name} maps get user-friendly "
@@ -385,7 +387,6 @@ def udev_check(rules: Rules) -> Check:
     cid, found = "udev.lun_change", state(rules)
     cost = ("so each LUN attached or detached re-runs the disk rules and multipathd's "
             "change handling on every other LUN of its target: attaches slow as LUNs grow")
-    install = "run `hostagent-cli multipath install`"
     if found == RuleState.IN_EFFECT:
         return Check(cid, Status.PASS, f"{OVERRIDE} (hostagent's) keeps REPORTED LUNS DATA "
                      "HAS CHANGED off the disks")
@@ -394,10 +395,10 @@ def udev_check(rules: Rules) -> Check:
                      "CHANGED to the disks")
     if found == RuleState.MISSING:
         return Check(cid, Status.WARN, f"{rules.source} forwards each SCSI device's REPORTED "
-                     f"LUNS DATA HAS CHANGED event to its disk, {cost}", install)
+                     f"LUNS DATA HAS CHANGED event to its disk, {cost}", INSTALL)
     if found == RuleState.STALE:
         return Check(cid, Status.WARN, f"{OVERRIDE} is hostagent's copy of an earlier "
-                     f"{rules.source or 'distribution file, now gone'}", install)
+                     f"{rules.source or 'distribution file, now gone'}", INSTALL)
     return Check(cid, Status.WARN, f"{OVERRIDE}, not hostagent's, forwards each SCSI "
                  f"device's REPORTED LUNS DATA HAS CHANGED event to its disk, {cost}",
                  f"add `{SKIP.rstrip(', ')}` before `{FORWARD}` in its forward rule, then "
