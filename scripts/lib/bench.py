@@ -549,7 +549,9 @@ class Bench:
         root = Path(tempfile.mkdtemp(prefix="hostagent-bench-f-"))
         store = Store(root / "state")
         connector = engine.iscsi  # type: ignore[attr-defined]
-        service = Service(store, {ISCSI: connector})
+        marks: list[tuple[float, str]] = []  # the phases of the operation under way
+        service = Service(store, {ISCSI: connector},
+                          on_phase=lambda phase: marks.append((time.monotonic(), phase)))
         executor = getattr(engine, "executor", None)
         metrics = Metrics(attachments=lambda: {a.status.value: 1 for a in store.list()},
                           commands=(lambda: executor.counts) if executor else dict)
@@ -586,21 +588,29 @@ class Bench:
                     spec = parse(export.connection_info)
                     req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
                     before, uevents = _proc_ticks(), Uevents()  # outside the measured span
+                    marks.clear()
+                    t0 = time.monotonic()
                     s = await _ameasure(engine, lambda r=req: service.attach(r))  # type: ignore[misc]
+                    spans = _spans(t0, time.monotonic(), marks)
                     top, kinds = _top_cpu(before, _proc_ticks()), uevents.tally()
                     done.append((export, att_id))
                     row: dict[str, Any] = {"n": n, "kind": export.personality,
                                            "attach": asdict(s), "mem_available_mib": free,
-                                           "guest_top": top, "uevents": kinds}
+                                           "guest_top": top, "uevents": kinds,
+                                           "attach_spans": spans}
                     rows.append(row)
                     self.record(f"f: attach N={n}", engine.name, s)
                     if n in F_POINTS or n % 8 == 7:
+                        print(f"    its phases (s): {spans}", flush=True)
                         print(f"    guest CPU of that attach by process: {top}", flush=True)
                         print(f"    kernel uevents during it: {kinds}", flush=True)
                     if n in F_POINTS or n == self.max_n:
                         row.update(await _f_point(client, monitor, bare, engine))
                         if self.profile_health:  # an uncounted round
                             await _profiled(monitor.check, f"health-{engine.name}-n{n}")
+                    if self.profile_health and n in (1, self.max_n):
+                        # Bottom and top of the ramp: what grows, function by function.
+                        await self._profile_one_more(service, engine, n + 1)
                         print(f"  f {engine.name} N={n}: health {row['health']['wall']:.2f} s "
                               f"(cpu {row['health']['cpu']:.2f} s, {row['health']['paths']} "
                               f"paths; cpu {row['health']['cpu_no_probe']:.2f} s without "
@@ -610,12 +620,13 @@ class Bench:
                 if stop:
                     self.notes[f"f-{engine.name}-limit"] = stop
                     print(f"  f {engine.name}: {stop}", flush=True)
-                if self.profile_health and done:
-                    await self._profile_one_more(service, engine, len(done) + 1)
                 while done:
                     export, att_id = done[-1]
                     n = len(done)
+                    marks.clear()
+                    t0 = time.monotonic()
                     s = await _ameasure(engine, lambda a=att_id: service.detach(a))  # type: ignore[misc]
+                    rows[n - 1]["detach_spans"] = _spans(t0, time.monotonic(), marks)
                     done.pop()
                     self.array.unexport(export)
                     rows[n - 1]["detach"] = asdict(s)
@@ -646,6 +657,20 @@ class Bench:
             self.array.unexport(export)
 
 F_POINTS = (1, 16, 32, 64, 128)
+
+
+def _spans(start: float, end: float, marks: list[tuple[float, str]]) -> list[list[Any]]:
+    """An operation's wall time by phase: [phase, seconds from its mark to the next],
+    the span before the first mark as "starting". A phase naming a disk, an hctl or a
+    portal goes by its first word (the two portals' phases interleave)."""
+    points = [(start, "starting"), *marks, (end, "")]
+    return [[_phase_kind(p), round(t2 - t1, 3)]
+            for (t1, p), (t2, _) in itertools.pairwise(points)]
+
+
+def _phase_kind(phase: str) -> str:
+    word = phase.split(" ", 1)[0]
+    return {"scanning": "scanning", "disk": "disk ready"}.get(word, phase)
 MIN_FREE_MIB = 160  # the guest has 2 GiB; below this a ramp stops, said in the notes
 
 
@@ -737,9 +762,7 @@ def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
         k2 = [r for r in rows if r["kind"] == "k2"]
         if not k2:
             continue
-        top = max(r["n"] for r in rows)
-        bounds = sorted({1, *(max(1, top * q // 4) for q in (1, 2, 3)), top + 1})
-        for lo, hi in itertools.pairwise(bounds):
+        for lo, hi in _quarters(rows):
             part = [r for r in k2 if lo <= r["n"] < hi]
             if not part:
                 continue
@@ -750,7 +773,37 @@ def table_f(scale: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(f"| {engine} | {lo}-{hi - 1} | {med('attach', 'wall')} | "
                          f"{med('attach', 'cpu')} | {med('detach', 'wall')} | "
                          f"{med('detach', 'cpu')} |")
+    for op in ("attach", "detach"):
+        lines += ["", f"Where a K2 {op}'s wall time goes: median seconds in each phase, "
+                  "by quarter of the ramp:", "", *_span_table(scale, f"{op}_spans")]
     return "\n".join(lines)
+
+
+def _quarters(rows: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    top = max(r["n"] for r in rows)
+    return list(itertools.pairwise(sorted({1, *(max(1, top * q // 4) for q in (1, 2, 3)),
+                                           top + 1})))
+
+
+def _span_table(scale: dict[str, list[dict[str, Any]]], key: str) -> list[str]:
+    """Median seconds per phase kind (summed within one operation) per quarter."""
+    out: list[str] = []
+    for engine, rows in scale.items():
+        k2 = [r for r in rows if r["kind"] == "k2" and key in r]
+        if not k2:
+            continue
+        kinds = list(dict.fromkeys(k for r in k2 for k, _ in r[key]))
+        out += [f"| {engine} | " + " | ".join(kinds) + " |",
+                "|---|" + "---|" * len(kinds)]
+        for lo, hi in _quarters(rows):
+            part = [r for r in k2 if lo <= r["n"] < hi]
+            if not part:
+                continue
+            sums = [{k: sum(v for kk, v in r[key] if kk == k) for k in kinds} for r in part]
+            out.append(f"| {lo}-{hi - 1} | " + " | ".join(
+                f"{statistics.median(x[k] for x in sums):.3f}" for k in kinds) + " |")
+        out.append("")
+    return out
 
 
 def plot_f(scale: dict[str, list[dict[str, Any]]], out: Path) -> str:
