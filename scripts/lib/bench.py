@@ -588,10 +588,7 @@ class Bench:
                     spec = parse(export.connection_info)
                     req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
                     before, uevents = _proc_ticks(), Uevents()  # outside the measured span
-                    marks.clear()
-                    t0 = time.monotonic()
-                    s = await _ameasure(engine, lambda r=req: service.attach(r))  # type: ignore[misc]
-                    spans = _spans(t0, time.monotonic(), marks)
+                    s, spans = await _phased(engine, lambda r=req: service.attach(r), marks)  # type: ignore[misc]
                     top, kinds = _top_cpu(before, _proc_ticks()), uevents.tally()
                     done.append((export, att_id))
                     row: dict[str, Any] = {"n": n, "kind": export.personality,
@@ -608,25 +605,24 @@ class Bench:
                         row.update(await _f_point(client, monitor, bare, engine))
                         if self.profile_health:  # an uncounted round
                             await _profiled(monitor.check, f"health-{engine.name}-n{n}")
-                    if self.profile_health and n in (1, self.max_n):
-                        # Bottom and top of the ramp: what grows, function by function.
-                        await self._profile_one_more(service, engine, n + 1)
                         print(f"  f {engine.name} N={n}: health {row['health']['wall']:.2f} s "
                               f"(cpu {row['health']['cpu']:.2f} s, {row['health']['paths']} "
                               f"paths; cpu {row['health']['cpu_no_probe']:.2f} s without "
                               f"probes), /metrics {row['metrics_ms']:.1f} ms, GET "
                               f"{row['list_ms']:.1f} ms, RSS {row['rss_kib'] / 1024:.1f} MiB",
                               flush=True)
+                    if self.profile_health and n == 1:  # the bottom, against the top's below
+                        await self._profile_one_more(service, engine, n + 1)
                 if stop:
                     self.notes[f"f-{engine.name}-limit"] = stop
                     print(f"  f {engine.name}: {stop}", flush=True)
+                if self.profile_health and done:  # the top, however far the ramp got
+                    await self._profile_one_more(service, engine, len(done) + 1)
                 while done:
                     export, att_id = done[-1]
                     n = len(done)
-                    marks.clear()
-                    t0 = time.monotonic()
-                    s = await _ameasure(engine, lambda a=att_id: service.detach(a))  # type: ignore[misc]
-                    rows[n - 1]["detach_spans"] = _spans(t0, time.monotonic(), marks)
+                    s, rows[n - 1]["detach_spans"] = await _phased(
+                        engine, lambda a=att_id: service.detach(a), marks)  # type: ignore[misc]
                     done.pop()
                     self.array.unexport(export)
                     rows[n - 1]["detach"] = asdict(s)
@@ -642,8 +638,8 @@ class Bench:
 
 
     async def _profile_one_more(self, service: Service, engine: Engine, n: int) -> None:
-        """One more K2 attach and its detach under cProfile, uncounted: where the
-        time of an attach at the ramp's top goes."""
+        """One more K2 attach and its detach under cProfile, uncounted, as the n-th: where
+        the time of an attach goes at the ramp's bottom and top."""
         export = self.array.export_k2(size_mb=16)
         att_id = f"f-{engine.name}-profiled"
         spec = parse(export.connection_info)
@@ -657,6 +653,17 @@ class Bench:
             self.array.unexport(export)
 
 F_POINTS = (1, 16, 32, 64, 128)
+MIN_FREE_MIB = 160  # the guest has 2 GiB; below this a ramp stops, said in the notes
+
+
+async def _phased(engine: Engine, work: Callable[[], Coroutine[Any, Any, Any]],
+                  marks: list[tuple[float, str]]) -> tuple[Sample, list[list[Any]]]:
+    """_ameasure() of `work`, and its wall time by phase from the `marks` the Service's
+    phase hook appends to."""
+    marks.clear()
+    start = time.monotonic()
+    sample = await _ameasure(engine, work)
+    return sample, _spans(start, time.monotonic(), marks)
 
 
 def _spans(start: float, end: float, marks: list[tuple[float, str]]) -> list[list[Any]]:
@@ -671,7 +678,6 @@ def _spans(start: float, end: float, marks: list[tuple[float, str]]) -> list[lis
 def _phase_kind(phase: str) -> str:
     word = phase.split(" ", 1)[0]
     return {"scanning": "scanning", "disk": "disk ready"}.get(word, phase)
-MIN_FREE_MIB = 160  # the guest has 2 GiB; below this a ramp stops, said in the notes
 
 
 def _mem_available_mib() -> int:
