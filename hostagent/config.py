@@ -45,6 +45,7 @@ class Config:
     login_timeout: int = 5
     login_attempts: int = 2
     portal_retry_interval: float = 30.0  # s a portal that did not answer rests; 0: never
+    rediscover_after: float = 120.0  # s a SendTargets answer serves live sessions; 0: never
     # [timeouts] (seconds)
     attach_timeout: float = 180.0
     detach_timeout: float = 180.0
@@ -175,6 +176,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "login_timeout": ("login_timeout", _count),
         "login_attempts": ("login_attempts", _count),
         "portal_retry_interval": ("portal_retry_interval", _non_negative),
+        "rediscover_after": ("rediscover_after", _non_negative),
     },
     "timeouts": {
         "attach": ("attach_timeout", _positive),

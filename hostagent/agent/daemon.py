@@ -77,6 +77,7 @@ def build(cfg: Config, fs: HostFS | None = None) -> Agent:
         options=IscsiOptions(iface=cfg.iface, login_timeout=cfg.login_timeout,
                              login_attempts=cfg.login_attempts,
                              portal_retry_interval=cfg.portal_retry_interval,
+                             rediscover_after=cfg.rediscover_after,
                              device_timeout=cfg.device_timeout,
                              command_timeout=cfg.command_timeout, my_ip=cfg.my_ip))
     fc = FcConnector(run, fs, udev, mpd, locks=locks, clock=clock,

@@ -30,6 +30,7 @@ from hostagent.connectors.devices import (
     first_path,
     path_failures,
 )
+from hostagent.connectors.discovery import DiscoveryMemory
 from hostagent.connectors.locks import TargetLocks
 from hostagent.connectors.properties import host_properties, iscsi_initiator
 from hostagent.connectors.repair import restore_disk
@@ -76,6 +77,7 @@ class IscsiOptions:
     command_timeout: float = 30.0  # iscsiadm (but logins) and multipathd commands
     remove_attempts: int = 3  # a map briefly held open (udev, blkid) is retried this often
     portal_retry_interval: float = 30.0  # s a portal that did not answer rests; 0: never
+    rediscover_after: float = 120.0  # s a SendTargets answer serves live sessions; 0: never
     my_ip: str | None = None
 
 
@@ -112,6 +114,7 @@ class IscsiConnector:
                                remove_attempts=self.options.remove_attempts, clock=clock)
         self.locks = locks or TargetLocks()
         self.backoff = PortalBackoff(clock, self.options.portal_retry_interval)
+        self.discoveries = DiscoveryMemory(clock, self.options.rediscover_after)
         self.clock = clock
 
     # ---- attach ----------------------------------------------------------------
@@ -171,17 +174,33 @@ class IscsiConnector:
                        progress: Progress) -> tuple[IscsiTarget, ...]:
         if not _discovers(vol, multipath):
             return _unique(vol.targets)
-        progress("discovering")
         first = vol.targets[0]
-        found = await self._at_portal(str(first.portal), lambda: self.iscsiadm.discover(
-            first.portal, vol.discovery_chap))
-        targets = _unique(IscsiTarget(d.portal, d.iqn, first.lun)
-                          for d in found if d.iqn == first.iqn)
-        if not targets:
-            raise LoginFailed(f"SendTargets on {first.portal} does not list {first.iqn}",
-                              portal=str(first.portal), iqn=first.iqn,
-                              listed=sorted({d.iqn for d in found}))
-        return targets
+        portals = self._recalled(first, vol.discovery_chap)
+        if portals is None:
+            progress("discovering")
+            found = await self._at_portal(str(first.portal), lambda: self.iscsiadm.discover(
+                first.portal, vol.discovery_chap))
+            portals = tuple(dict.fromkeys(d.portal for d in found if d.iqn == first.iqn))
+            if not portals:
+                raise LoginFailed(f"SendTargets on {first.portal} does not list {first.iqn}",
+                                  portal=str(first.portal), iqn=first.iqn,
+                                  listed=sorted({d.iqn for d in found}))
+            self.discoveries.remember(first.portal, first.iqn, vol.discovery_chap, portals)
+        return tuple(IscsiTarget(p, first.iqn, first.lun) for p in portals)
+
+    def _recalled(self, first: IscsiTarget, chap: Chap | None) -> tuple[Portal, ...] | None:
+        """A recent answer of `first`'s portal, if every portal it listed has a logged-in
+        session of ours to the target: otherwise the array is asked again (a path lost,
+        logged out, or a portal moved)."""
+        portals = self.discoveries.recall(first.portal, first.iqn, chap)
+        if portals is None:
+            return None
+        live = {str(s.portal) for s in scsi.iscsi_sessions(self.fs, first.iqn)
+                if s.iface == self.options.iface and s.state == scsi.LOGGED_IN}
+        if all(str(p) in live for p in portals):
+            return portals
+        self.discoveries.forget(first.portal, first.iqn, chap)
+        return None
 
     async def _connect(self, target: IscsiTarget, *, vol: IscsiVolume, progress: Progress,
                        restoring: bool) -> ScsiPath:

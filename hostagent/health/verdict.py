@@ -10,9 +10,9 @@ from enum import StrEnum
 from hostagent.connection_info import ISCSI
 from hostagent.connectors.base import PathRepair, RepairKind
 from hostagent.host import fc
+from hostagent.host.scsi import LOGGED_IN
 
 NO_SESSION = "no session"
-LOGGED_IN = "LOGGED_IN"
 FAILED = "FAILED"  # the kernel's session state while iscsid recovers it
 TRANSPORT_OFFLINE = "transport-offline"  # its disks, once recovery_tmo has passed
 RUNNING = "running"

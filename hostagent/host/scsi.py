@@ -19,6 +19,7 @@ from hostagent.models import Portal
 
 _SESSION_HOST = re.compile(r"/host(\d+)/session(\d+)/iscsi_session/")
 _HCTL = re.compile(r"\d+:\d+:\d+:\d+")
+LOGGED_IN = "LOGGED_IN"  # iscsi_session/state of a session that carries I/O
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,9 @@ def test_k2_four_luns_shuffled_detach_keeps_sessions_until_the_last(
         devices[e.lun] = timed("k2_attach_shared_iqn", host, host.attach(e))
         raw.assert_map(devices[e.lun], e.wwid, 2)
     assert len(probe.sessions()) == 2
+    # SendTargets, 2 records and 2 logins; the later LUNs reuse the answer on live sessions.
+    runs = [m["processes"] for m in host.metrics["k2_attach_shared_iqn"][-4:]]
+    assert runs[0] >= 5 and runs[1:] == [0, 0, 0], runs
     order = exports[:]
     random.Random(7).shuffle(order)
     for i, e in enumerate(order):

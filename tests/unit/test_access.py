@@ -14,10 +14,13 @@ import pytest
 
 from hostagent.connection_info import parse
 from hostagent.connectors.base import PathRepair, RepairKind
+from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
 from hostagent.errors import HostCommandError, MultipathRequired
 from hostagent.models import Access, IscsiTarget, IscsiVolume, Portal
-from tests.unit.fakehost import drop_from_map
-from tests.unit.iscsihost import IQN, P1, P2, WWID, Host, datera
+from tests.unit.fakehost import FakeUdev, drop_from_map
+from tests.unit.iscsihost import IQN, K2, P1, P2, WWID, Host, datera
+
+DEFAULT_REDISCOVER = IscsiOptions().rediscover_after
 
 ENFORCED = Access(enforce_multipath=True)
 READ_ONLY = Access(read_only=True)
@@ -136,3 +139,64 @@ def test_a_lone_portal_single_path_attach_asks_no_sendtargets(host: Host) -> Non
     host.expect_login(IQN, P1)
     device = host.attach(lone, multipath=False)
     assert device.discovered_from is None
+
+
+# ---- a SendTargets answer serves the target's further LUNs for a while --------------
+
+K2_WWIDS = {lun: f"36001405{lun:025x}" for lun in (1, 2)}
+
+
+def k2_lone(lun: int) -> IscsiVolume:
+    return IscsiVolume((IscsiTarget(Portal.parse(P1), K2, lun),), discover=True)
+
+
+@pytest.fixture
+def k2_host(host: Host) -> Host:
+    for lun, wwid in K2_WWIDS.items():
+        host.kernel.luns[(K2, lun)] = wwid
+    host.executor.expect(SENDTARGETS, stdout=f"{P1},1 {K2}\n{P2},1 {K2}\n")
+    host.expect_attach(K2)
+    host.attach(k2_lone(1))
+    return host
+
+
+def test_a_further_lun_on_live_sessions_reuses_the_answer_and_runs_nothing(
+        k2_host: Host) -> None:
+    calls = len(k2_host.executor.calls)
+    k2_host.clock.advance(DEFAULT_REDISCOVER - 1)
+    device = k2_host.attach(k2_lone(2))
+    assert len(k2_host.executor.calls) == calls  # no SendTargets, no login
+    assert device.discovered_from == P1 and device.wwn == K2_WWIDS[2]
+    assert sorted(p.portal for p in device.paths) == sorted([P1, P2])
+
+
+def test_an_answer_older_than_rediscover_after_is_asked_again(k2_host: Host) -> None:
+    k2_host.clock.advance(DEFAULT_REDISCOVER)
+    k2_host.executor.expect(SENDTARGETS, stdout=f"{P1},1 {K2}\n{P2},1 {K2}\n")
+    assert len(k2_host.attach(k2_lone(2)).paths) == 2
+
+
+def test_a_listed_portal_without_a_working_session_of_ours_asks_again(k2_host: Host) -> None:
+    host = k2_host.kernel.session_host(K2, P2)
+    k2_host.kernel.write(f"/sys/devices/platform/host{host}/session{host}/iscsi_session/"
+                         f"session{host}/state", "FAILED")
+    # The array now lists one more portal: the new answer, not the old, is used.
+    p3 = "10.99.0.3:3260"
+    k2_host.executor.expect(SENDTARGETS, stdout=f"{P1},1 {K2}\n{P2},1 {K2}\n{p3},1 {K2}\n")
+    k2_host.expect_new_node(K2, p3)
+    k2_host.expect_login(K2, p3)
+    device = k2_host.attach(k2_lone(2))
+    assert {p.portal for p in device.paths} >= {P1, p3}
+    assert {str(t.portal) for t in device.iscsi_targets} == {P1, P2, p3}
+
+
+def test_rediscover_after_zero_asks_every_time(host: Host) -> None:
+    host.connector = IscsiConnector(host.executor, host.fs, FakeUdev(host.kernel), host.mpd,
+                                    clock=host.clock,
+                                    options=IscsiOptions(rediscover_after=0))
+    for lun, wwid in K2_WWIDS.items():
+        host.kernel.luns[(K2, lun)] = wwid
+    host.executor.expect(SENDTARGETS, stdout=f"{P1},1 {K2}\n{P2},1 {K2}\n", times=2)
+    host.expect_attach(K2)
+    host.attach(k2_lone(1))
+    host.attach(k2_lone(2))

@@ -84,6 +84,7 @@ iface = san0
 login_timeout = 7
 login_attempts = 3
 portal_retry_interval = 0
+rediscover_after = 0
 
 [timeouts]
 attach = 300
@@ -110,7 +111,7 @@ def test_every_option_parses_with_its_type(tmp_path: Path) -> None:
         state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="os-brick",
         multipath=False, restore=False, log_level="DEBUG", max_body_bytes=8192,
         my_ip="10.20.30.40", iface="san0", login_timeout=7, login_attempts=3,
-        portal_retry_interval=0.0,
+        portal_retry_interval=0.0, rediscover_after=0.0,
         attach_timeout=300.0, detach_timeout=90.5, device_timeout=12.0, command_timeout=0.25,
         max_parallel_commands=4, detached_retention=3600.0, health_interval=5.0,
         self_heal=False, heal_interval=120.0, probe_read=False, probe_timeout=2.5)
@@ -219,6 +220,7 @@ def test_unknown_option_is_named(text: str, option: str) -> None:
     ("[iscsi]\nlogin_timeout = -5\n", "iscsi.login_timeout"),
     ("[iscsi]\nlogin_attempts = 0\n", "iscsi.login_attempts"),
     ("[iscsi]\nportal_retry_interval = -1\n", "iscsi.portal_retry_interval"),
+    ("[iscsi]\nrediscover_after = -1\n", "iscsi.rediscover_after"),
     ("[iscsi]\niface =\n", "iscsi.iface"),
     ("[DEFAULT]\nsocket_group =\n", "DEFAULT.socket_group"),
     ("[DEFAULT]\nmax_body_bytes = 0\n", "DEFAULT.max_body_bytes"),
