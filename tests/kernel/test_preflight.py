@@ -7,6 +7,7 @@ prepared by the test bed is a ready node, and each fault is then made for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 import pyudev
 
 from hostagent.cli.local import checks_table
+from hostagent.host.udev import wakes_waiters
 from hostagent.models import Device
 from hostagent.node.mpathconf import effective, load_stanzas, mapped_timeouts, parse
 from hostagent.node.preflight import Check, Status
@@ -149,13 +152,25 @@ def test_a_prepared_guest_passes_and_each_fault_is_found_with_its_remedy(
     assert preflight(portals) == (0, {})
 
 
-def disk_changes_after_a_lun_change(array: IscsiArray, device: Device) -> int:
+@dataclass
+class LunChange:
+    disk_changes: int  # change events of the paths' disks (kernel netlink)
+    # What the agent's watcher reads (udev netlink, scsi and block, unparsed) by
+    # whether it wakes its waiters.
+    datagrams: dict[bool, list[bytes]]
+
+
+def after_a_lun_change(array: IscsiArray, device: Device) -> LunChange:
     """Export one more LUN on the volume's target, have one of its paths' SCSI
-    devices get the array's REPORTED LUNS DATA HAS CHANGED, and count the change
-    events of the paths' disks until udev has handled everything that followed."""
+    devices get the array's REPORTED LUNS DATA HAS CHANGED, and gather the events
+    until udev has handled everything that followed."""
     run(["udevadm", "settle", "--timeout=60"], timeout=70)
     monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
     monitor.start()
+    watched = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
+    for subsystem in ("block", "scsi"):  # as PyudevWatcher's
+        watched.filter_by(subsystem)
+    watched.start()
     array.export_k2()
     for path in device.paths:  # takes the unit attention now, not at the next path check
         run(["dd", f"if=/dev/{path.device}", "of=/dev/null", "bs=4096", "count=1",
@@ -179,7 +194,18 @@ def disk_changes_after_a_lun_change(array: IscsiArray, device: Device) -> int:
     while (dev := monitor.poll(timeout=1)) is not None:
         events.append((dev.action or "", dev.subsystem or "", dev.sys_name))
     print(f"events after the LUN change: {events}")
-    return sum(events.count(("change", "block", p.device)) for p in device.paths)
+    datagrams: dict[bool, list[bytes]] = {True: [], False: []}
+    os.set_blocking(watched.fileno(), False)
+    with contextlib.suppress(BlockingIOError):
+        while datagram := os.read(watched.fileno(), 1 << 16):
+            datagrams[wakes_waiters(datagram)].append(datagram)
+    return LunChange(sum(events.count(("change", "block", p.device)) for p in device.paths),
+                     datagrams)
+
+
+def properties(datagram: bytes) -> set[bytes]:
+    """KEY=VALUE entries of a udev netlink message (after libudev's header)."""
+    return set(datagram.split(b"\0"))
 
 
 LUN_CHANGE = "REPORTED_LUNS_DATA_HAS_CHANGED"
@@ -194,13 +220,24 @@ def test_the_udev_rule_keeps_a_new_lun_off_the_other_disks_of_its_target(
     device = asyncio.run(host.attach(export))
     try:
         assert "udev.lun_change" not in preflight(array.portals)[1]
-        assert disk_changes_after_a_lun_change(array, device) == 0
+        assert after_a_lun_change(array, device).disk_changes == 0
         remove_udev_rule()
-        assert disk_changes_after_a_lun_change(array, device) >= 1
+        stock = after_a_lun_change(array, device)
+        assert stock.disk_changes >= 1
         assert preflight(array.portals)[1]["udev.lun_change"].endswith(
             "hostagent-cli multipath install`")
     finally:
         asyncio.run(host.detach(export, device))
+    # The agent's udev watcher: the SCSI device's LUN change wakes no wait, the disk
+    # changes udev's stock rule made of it do.
+    quiet, woken = stock.datagrams[False], stock.datagrams[True]
+    assert quiet and all({b"ACTION=change", b"SUBSYSTEM=scsi", b"SDEV_UA=" + LUN_CHANGE.encode()}
+                         <= properties(d) for d in quiet)
+    assert any({b"ACTION=change", b"SUBSYSTEM=block"} <= properties(d) for d in woken)
+    results = Path(os.environ.get("HOSTAGENT_RESULTS", "/tmp"))
+    (results / "udev_lun_change.bin").write_bytes(quiet[0])
+    (results / "udev_block_change.bin").write_bytes(
+        next(d for d in woken if b"SUBSYSTEM=block" in properties(d)))
 
 
 def multipath_ll(wwid: str) -> str:
