@@ -57,6 +57,7 @@ class PyudevWatcher:
         self._subsystems = subsystems
         self._clock = clock
         self._monitor: Any = None
+        self._fd = -1  # the monitor's: pyudev's fileno() costs a call into libudev each time
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: set[asyncio.Event] = set()
 
@@ -65,8 +66,9 @@ class PyudevWatcher:
         for subsystem in self._subsystems:
             monitor.filter_by(subsystem)
         monitor.start()
-        os.set_blocking(monitor.fileno(), False)
-        loop.add_reader(monitor.fileno(), self._drain)
+        self._fd = monitor.fileno()
+        os.set_blocking(self._fd, False)
+        loop.add_reader(self._fd, self._drain)
         self._monitor, self._loop = monitor, loop
 
     def _drain(self) -> None:
@@ -76,7 +78,7 @@ class PyudevWatcher:
         each cost ~5 ms of CPU there: the agent's largest share of that attach's time.
         A batch of LUN-change events alone wakes nobody (run F: 63 per attach at N = 128,
         each re-running every waiter's check)."""
-        fd = self._monitor.fileno()
+        fd = self._fd
         wake = False
         while True:
             try:
@@ -123,5 +125,5 @@ class PyudevWatcher:
     def close(self) -> None:
         if self._monitor is not None and self._loop is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._monitor.fileno())
+                self._loop.remove_reader(self._fd)
         self._monitor = self._loop = None

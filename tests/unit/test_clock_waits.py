@@ -186,16 +186,6 @@ def test_a_wait_returns_what_the_check_found_before_the_deadline(clock: FakeCloc
     assert found == "sda" and len(checks) == 2
 
 
-class SocketMonitor:
-    """A monitor's place in PyudevWatcher: a socket the test writes datagrams to."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-
 GUEST = Path(__file__).resolve().parents[1] / "fixtures/guest"
 LUN_CHANGE = (GUEST / "udev_lun_change.bin").read_bytes()
 BLOCK_CHANGE = (GUEST / "udev_block_change.bin").read_bytes()
@@ -210,7 +200,7 @@ def drained(datagrams: list[bytes]) -> list[bool]:
     theirs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     theirs.connect(ours.getsockname())
     watcher = PyudevWatcher()
-    watcher._monitor = SocketMonitor(ours)
+    watcher._fd = ours.fileno()  # the monitor's place: a socket the test writes to
     woken = [asyncio.Event(), asyncio.Event()]
     watcher._waiters.update(woken)
     for datagram in datagrams:
