@@ -311,3 +311,58 @@ def test_a_cached_list_sees_another_connections_writes(tmp_path: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+def _queries(store: Store) -> list[str]:
+    """The statements `store` runs from now on."""
+    ran: list[str] = []
+    store._db.set_trace_callback(ran.append)
+    return ran
+
+
+def test_this_stores_writes_edit_the_kept_listing_without_a_query(tmp_path: Path) -> None:
+    store, reader = Store(tmp_path / "state"), Store(tmp_path / "state")
+    try:
+        for i, created in enumerate((1003.0, 1001.0, 1002.0)):
+            store.put(_attachment(f"att-{i}", created_at=created))
+        store.list()
+        ran = _queries(store)
+        store.update("att-1", phase="scanning")
+        store.put(_attachment("att-3", created_at=1000.5))
+        store.update("att-2", status=Status.DETACHED)
+        store.delete("att-0")
+        store.put(_attachment("att-4", created_at=1001.0))  # ties att-1: ordered by id
+        listed = store.list()
+        assert not any(q.startswith("SELECT * FROM attachments ORDER BY") or
+                       "WHERE status !=" in q for q in ran), ran
+        # What a query of another connection gives: the rows, fields and order.
+        assert listed == reader.list()
+        assert [a.id for a in listed] == ["att-3", "att-1", "att-4"]
+        assert listed[1].phase == "scanning"
+    finally:
+        store.close()
+        reader.close()
+
+
+def test_a_write_of_another_connection_between_this_stores_writes_is_seen(
+        tmp_path: Path) -> None:
+    one, two = Store(tmp_path / "state"), Store(tmp_path / "state")
+    try:
+        one.put(_attachment("a"))
+        one.list()
+        two.put(_attachment("b", created_at=999.0))
+        one.update("a", phase="scanning")  # its listing was stale: not edited, queried anew
+        assert [(a.id, a.phase) for a in one.list()] == [("b", None), ("a", "scanning")]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_rolled_back_write_leaves_the_kept_listing_as_it_was(store: Store) -> None:
+    store.put(_attachment("a"))
+    before = store.list()
+    with pytest.raises(TypeError):
+        store.update("a", no_such_field=1)
+    ran = _queries(store)
+    assert store.list() == before
+    assert not any("FROM attachments" in q for q in ran), ran
