@@ -146,9 +146,12 @@ class IscsiConnector:
 
     async def _make(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...], multipath: bool,
                     progress: Progress, claims: ClaimsSource, *, restoring: bool) -> Device:
-        connect = functools.partial(self._connect, vol=vol, progress=progress,
-                                    restoring=restoring)
         async with self.locks.hold(t.iqn for t in targets):
+            # Read once under the lock, not per target: a listing reads every session.
+            live = {(s.iqn, str(s.portal)): s for iqn in dict.fromkeys(t.iqn for t in targets)
+                    for s in self._sessions(iqn)}
+            connect = functools.partial(self._connect, vol=vol, progress=progress,
+                                        restoring=restoring, live=live)
             progress("logging in")
             try:
                 if multipath:
@@ -195,17 +198,17 @@ class IscsiConnector:
         portals = self.discoveries.recall(first.portal, first.iqn, chap)
         if portals is None:
             return None
-        live = {str(s.portal) for s in scsi.iscsi_sessions(self.fs, first.iqn)
-                if s.iface == self.options.iface and s.state == scsi.LOGGED_IN}
+        live = {str(s.portal) for s in self._sessions(first.iqn) if s.state == scsi.LOGGED_IN}
         if all(str(p) in live for p in portals):
             return portals
         self.discoveries.forget(first.portal, first.iqn, chap)
         return None
 
     async def _connect(self, target: IscsiTarget, *, vol: IscsiVolume, progress: Progress,
-                       restoring: bool) -> ScsiPath:
+                       restoring: bool,
+                       live: Mapping[tuple[str, str], scsi.IscsiSession]) -> ScsiPath:
         iqn, portal = target.iqn, target.portal
-        session = self.session(iqn, str(portal))
+        session = live.get((iqn, str(portal)))
         if session is None:
             self.backoff.check(str(portal))
             if restoring:
@@ -266,10 +269,11 @@ class IscsiConnector:
 
     def session(self, iqn: str, portal: str) -> scsi.IscsiSession | None:
         """hostagent's own session to `iqn` at `portal`, if the kernel has it."""
-        for s in scsi.iscsi_sessions(self.fs, iqn):
-            if str(s.portal) == portal and s.iface == self.options.iface:
-                return s
-        return None
+        return next((s for s in self._sessions(iqn) if str(s.portal) == portal), None)
+
+    def _sessions(self, iqn: str) -> list[scsi.IscsiSession]:
+        """hostagent's own sessions to `iqn`."""
+        return [s for s in scsi.iscsi_sessions(self.fs, iqn) if s.iface == self.options.iface]
 
     async def _finish(self, vol: IscsiVolume, targets: tuple[IscsiTarget, ...],
                       paths: list[ScsiPath], failures: dict[str, HostAgentError],
@@ -352,8 +356,7 @@ class IscsiConnector:
     async def _release(self, iqn: str, portals: list[Portal], claims: ClaimsSource,
                        keep_records: bool) -> None:
         # Read right before the logout: what holds a disk now, not at attach.
-        sessions = [s for s in scsi.iscsi_sessions(self.fs, iqn)
-                    if s.iface == self.options.iface]
+        sessions = self._sessions(iqn)
         plan = plan_release(portals, {s.portal: bool(scsi.devices_on_host(self.fs, s.host))
                                       for s in sessions},
                             frozenset(p for i, p in claims().sessions if i == iqn))
@@ -379,8 +382,7 @@ class IscsiConnector:
                 await self.iscsiadm.logout(iqn, portal)
                 return
             except CommandFailed as err:
-                left = [s for s in scsi.iscsi_sessions(self.fs, iqn)
-                        if s.iface == self.options.iface and portal in (None, s.portal)]
+                left = [s for s in self._sessions(iqn) if portal in (None, s.portal)]
                 if not left:
                     return  # what it refused is gone
                 if err.returncode not in _RECOVERING or attempt == LOGOUT_ATTEMPTS:

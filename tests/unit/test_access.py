@@ -163,9 +163,19 @@ def k2_host(host: Host) -> Host:
 def test_a_further_lun_on_live_sessions_reuses_the_answer_and_runs_nothing(
         k2_host: Host) -> None:
     calls = len(k2_host.executor.calls)
+    listings: list[str] = []
+    listdir = k2_host.fs.listdir
+
+    def counted(host_path: str) -> list[str]:
+        listings.append(host_path)
+        return listdir(host_path)
+    k2_host.fs.listdir = counted  # type: ignore[method-assign]
     k2_host.clock.advance(DEFAULT_REDISCOVER - 1)
     device = k2_host.attach(k2_lone(2))
     assert len(k2_host.executor.calls) == calls  # no SendTargets, no login
+    # Every session is read twice: for the answer's portals, then under the lock for
+    # both paths (not once per path).
+    assert listings.count("/sys/class/iscsi_session") == 2, listings
     assert device.discovered_from == P1 and device.wwn == K2_WWIDS[2]
     assert sorted(p.portal for p in device.paths) == sorted([P1, P2])
 
