@@ -61,16 +61,32 @@ def _row(att: Attachment) -> tuple[Any, ...]:
 def _edited(listed: list[Attachment], edits: list[tuple[str, Attachment | None]]
             ) -> list[Attachment]:
     """A listing of the live rows with a transaction's rows written (None: deleted), in
-    the query's order (created_at, id)."""
+    the query's order (created_at, id). A changed row keeps its place and a new one
+    that is the latest goes last: sorted only otherwise (a sort per commit was most of
+    this at N = 129)."""
     if not edits:
         return listed
     rows = {a.id: a for a in listed}
+    ordered = True
     for att_id, att in edits:
         if att is None or att.status == Status.DETACHED:
             rows.pop(att_id, None)
-        else:
-            rows[att_id] = att
-    return sorted(rows.values(), key=lambda a: (a.created_at, a.id))
+            continue
+        old = rows.get(att_id)
+        if old is None:
+            last = next(reversed(rows.values()), None)
+            ordered = ordered and (last is None or _order(last) <= _order(att))
+        elif old.created_at != att.created_at:
+            ordered = False
+        rows[att_id] = att  # a key already there keeps its place
+    result = list(rows.values())
+    if not ordered:
+        result.sort(key=_order)
+    return result
+
+
+def _order(att: Attachment) -> tuple[float, str]:
+    return att.created_at, att.id
 
 
 def _attachment(row: sqlite3.Row) -> Attachment:

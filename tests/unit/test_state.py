@@ -4,6 +4,7 @@ digest key, and what a second Store (a restarted agent) sees."""
 from __future__ import annotations
 
 import os
+import random
 import stat
 import time
 from collections.abc import Iterator
@@ -366,3 +367,29 @@ def test_a_rolled_back_write_leaves_the_kept_listing_as_it_was(store: Store) -> 
     ran = _queries(store)
     assert store.list() == before
     assert not any("FROM attachments" in q for q in ran), ran
+
+
+def test_the_kept_listing_matches_a_query_after_any_run_of_writes(tmp_path: Path) -> None:
+    store, reader = Store(tmp_path / "state"), Store(tmp_path / "state")
+    rng = random.Random(17)
+    try:
+        store.list()
+        for step in range(300):
+            ids = [a.id for a in store.list(include_detached=True)]
+            op = rng.choice(["new", "new", "update", "detach", "delete", "replace"])
+            if op == "new" or not ids:
+                # Mostly the latest, as new attachments are; sometimes older, or a tie.
+                created = 2000.0 + step if rng.random() < 0.7 else float(rng.randint(1990, 2300))
+                store.put(_attachment(f"att-{step:03d}", created_at=created))
+            elif op == "update":
+                store.update(rng.choice(ids), phase=f"phase {step}")
+            elif op == "detach":
+                store.update(rng.choice(ids), status=Status.DETACHED)
+            elif op == "delete":
+                store.delete(rng.choice(ids))
+            else:  # the whole row again, created at another time
+                store.put(_attachment(rng.choice(ids), created_at=float(rng.randint(1990, 2300))))
+            assert store.list() == reader.list(), f"step {step}: {op}"
+    finally:
+        store.close()
+        reader.close()
