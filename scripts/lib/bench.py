@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import itertools
 import json
@@ -638,19 +639,23 @@ class Bench:
 
 
     async def _profile_one_more(self, service: Service, engine: Engine, n: int) -> None:
-        """One more K2 attach and its detach under cProfile, uncounted, as the n-th: where
-        the time of an attach goes at the ramp's bottom and top."""
-        export = self.array.export_k2(size_mb=16)
+        """One more K2 attach and its detach under cProfile, uncounted, as the n-th, then
+        one Datera (a target of its own: a login and a logout): where the time of an
+        attach goes at the ramp's bottom and top."""
         att_id = f"f-{engine.name}-profiled"
-        spec = parse(export.connection_info)
-        req = AttachRequest(att_id, export.connection_info, spec, None, True, WAIT)
-        try:
-            await _profiled(lambda: service.attach(req), f"attach-{engine.name}-n{n}")
-            await _profiled(lambda: service.detach(att_id), f"detach-{engine.name}-n{n}")
-        finally:
-            with contextlib.suppress(Exception):
-                await service.detach(att_id, force=True)
-            self.array.unexport(export)
+        for kind in ("k2", "datera"):
+            export = (self.array.export_k2(size_mb=16) if kind == "k2"
+                      else self.array.export_datera(size_mb=16))
+            req = AttachRequest(att_id, export.connection_info, parse(export.connection_info),
+                                None, True, WAIT)
+            name = f"{engine.name}-n{n}" if kind == "k2" else f"{engine.name}-datera-n{n}"
+            try:
+                await _profiled(functools.partial(service.attach, req), f"attach-{name}")
+                await _profiled(functools.partial(service.detach, att_id), f"detach-{name}")
+            finally:
+                with contextlib.suppress(Exception):
+                    await service.detach(att_id, force=True)
+                self.array.unexport(export)
 
 F_POINTS = (1, 16, 32, 64, 128)
 MIN_FREE_MIB = 160  # the guest has 2 GiB; below this a ramp stops, said in the notes
