@@ -29,7 +29,7 @@ log = logging.getLogger("hostagent.host")
 # keeps a lost event from turning into a full timeout.
 RECHECK_INTERVAL = 2.0
 # A target's new LUN gives every other LUN's SCSI device a change event with this
-# (scsi_lib.c sdev_evt_send, SDEV_EVT_LUN_CHANGE_REPORTED): nothing a wait waits for,
+# (scsi_lib.c scsi_evt_emit, SDEV_EVT_LUN_CHANGE_REPORTED): nothing a wait waits for,
 # so it wakes none. Its property list is NUL-separated (libudev-monitor.c).
 LUN_CHANGE_PROPERTY = b"SDEV_UA=REPORTED_LUNS_DATA_HAS_CHANGED\0"
 
