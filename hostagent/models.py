@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -120,7 +120,9 @@ class PathInfo:
 class Device:
     """What an attach produced: one block device (a dm map, or an sd without multipath)."""
 
-    path: str  # /dev/dm-N or /dev/sdX
+    # /dev/dm-N or /dev/sdX, as verified since the agent started; None once the device
+    # is gone (a reboot): the kernel hands the name to the next device that comes.
+    path: str | None
     wwn: str  # the WWID multipath uses (3 + NAA designator, ...)
     paths: tuple[PathInfo, ...]
     multipath: bool
@@ -135,6 +137,11 @@ class Device:
     read_only: bool = False  # the map and its disks were set read-only (access_mode ro)
     encrypted: bool = False  # the controller says the volume holds ciphertext
     discovered_from: str | None = None  # the portal whose SendTargets listed the others
+
+    def without_kernel_names(self) -> Device:
+        """What stays true of a device that is gone: its WWID and targets. Its dm-N,
+        sd names and H:C:T:L are another device's as soon as the kernel reuses them."""
+        return replace(self, path=None, paths=())
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from hostagent.models import (
     Attachment,
     Claims,
     ClaimsSource,
+    Device,
     FcVolume,
     IscsiVolume,
     PathInfo,
@@ -103,7 +104,10 @@ def _owned(att: Attachment) -> _Owned:
     sessions: frozenset[tuple[str, str]] = frozenset()
     if att.device is not None:
         wwids = frozenset((att.device.wwn,))
-        hctls = frozenset(p.hctl for p in att.device.paths)
+        if att.device.path is not None and att.phase != RESTORING:
+            # Only a verified device's addresses: a gone one's are the kernel's to reuse
+            # (a restore claims by WWID and sessions until it has disks again).
+            hctls = frozenset(p.hctl for p in att.device.paths)
     if isinstance(spec, IscsiVolume):
         targets = (att.device.iscsi_targets if att.device else ()) or spec.targets
         sessions = frozenset((t.iqn, str(t.portal)) for t in targets)
@@ -200,6 +204,14 @@ class Service:
                 if existing.digest != digest:
                     raise Conflict(f"attachment {req.attachment_id} exists with another "
                                    "request", attachment_id=req.attachment_id)
+                if existing.status == Status.ATTACHED and existing.phase == RESTORING:
+                    # Its recorded names may be another volume's by now: no device to
+                    # answer with until the restore has made and verified one.
+                    raise OperationInProgress(
+                        f"attachment {req.attachment_id} is being restored after the "
+                        "agent's start; ask again once it is back",
+                        attachment_id=req.attachment_id, phase=RESTORING,
+                        reason=(existing.last_error or {}).get("message"))
                 if existing.status == Status.ATTACHED:
                     return existing, False
                 if existing.status == Status.DETACHING:
@@ -239,12 +251,36 @@ class Service:
         except BaseException as exc:
             self._failed(att_id, Status.FAILED, exc)
             raise
-        self._progress(att_id)("recording")
-        att = self.store.update(att_id, status=Status.ATTACHED, device=device, phase=None,
-                                last_error=None)
+        try:
+            self._progress(att_id)("recording")
+            att = self.store.update(att_id, status=Status.ATTACHED, device=device, phase=None,
+                                    last_error=None)
+        except BaseException as exc:
+            # The device exists but the record of it does not (a full disk, a shutdown):
+            # undone now, or the row stays `attaching` and the next start undoes it.
+            await self._undo_unrecorded(connector, req, device, exc)
+            raise
         log.info("attached %s: %s (%s, %d paths%s)", att_id, device.path, device.wwn,
                  len(device.paths), f", missing {list(device.missing)}" if device.missing else "")
         return att
+
+    async def _undo_unrecorded(self, connector: Connector, req: AttachRequest,
+                               device: Device, exc: BaseException) -> None:
+        log.error("attach %s: recording the device failed (%s); undoing it",
+                  req.attachment_id, _error_dict(exc)["message"])
+        try:
+            result = await connector.detach(req.spec, device, force=False,
+                                            claims=self.claims_for(req.attachment_id))
+        except BaseException as undo:
+            log.error("attach %s: undoing it failed too: %s", req.attachment_id,
+                      _error_dict(undo)["message"])
+            if isinstance(exc, HostAgentError):
+                exc.details["left_on_host"] = [_error_dict(undo)["message"]]
+            return
+        if result.warnings and isinstance(exc, HostAgentError):
+            exc.details["left_on_host"] = list(result.warnings)
+        with contextlib.suppress(Exception):  # the store may still refuse every write
+            self._failed(req.attachment_id, Status.FAILED, exc)
 
     # ---- detach ------------------------------------------------------------------
     async def detach(self, attachment_id: str, *, force: bool = False) -> Attachment:
@@ -269,7 +305,9 @@ class Service:
                     # Everything of the volume on this host is the live attachment's now.
                     warnings = (f"the volume is attached as {sharer.id}: nothing of it on "
                                 "the host was touched",)
-                elif att.device is None:  # the attach never finished: undo what it left
+                elif att.device is None or att.device.path is None:
+                    # The attach never finished, or the device is gone (a restore that
+                    # has not made it again): what of the volume is there is found anew.
                     await connector.recover(spec, claims)
                 else:
                     result = await connector.detach(spec, att.device, force=force,
@@ -305,9 +343,10 @@ class Service:
     async def extend(self, attachment_id: str) -> Attachment:
         async with self._lock(attachment_id):
             att = self.get(attachment_id)
-            if att.status != Status.ATTACHED or att.device is None:
-                raise Conflict(f"attachment {attachment_id} is {att.status.value}, not attached",
-                               status=att.status.value)
+            if att.status != Status.ATTACHED or att.device is None or att.device.path is None:
+                raise Conflict(f"attachment {attachment_id} is {att.status.value}"
+                               f"{f' ({att.phase})' if att.phase else ''}, not attached "
+                               "with a device", status=att.status.value, phase=att.phase)
             connector = self.engine_for(att.protocol)
             device = att.device
             size = await self._timed("extend", connector.extend(parse(att.connection_info),
@@ -321,7 +360,7 @@ class Service:
         """A path self-healing made joins the attachment's device, so a detach removes
         it; it replaces the path it stands for, and that path is no longer missing."""
         att = self.get(attachment_id)
-        if att.device is None:
+        if att.device is None or att.device.path is None:
             raise Conflict(f"attachment {attachment_id} has no device", attachment_id=att.id)
         paths = [p for p in att.device.paths
                  if p.hctl != path.hctl and not (path.portal and p.portal == path.portal)]
@@ -350,11 +389,14 @@ class Service:
                         not self.engine_for(att.protocol).present(att.device):
                     err = DeviceVanished(f"{att.device.path} ({att.device.wwn}) is gone",
                                          device=att.device.path, wwn=att.device.wwn)
+                    # Its names go with it: from now on they are the kernel's to reuse.
+                    gone = att.device.without_kernel_names()
                     if self.restore:  # made again once the API serves (agent/restore.py)
-                        self.store.update(att.id, phase=RESTORING, last_error=err.to_dict())
+                        self.store.update(att.id, phase=RESTORING, device=gone,
+                                          last_error=err.to_dict())
                         counts["restoring"] += 1
                     else:
-                        self.store.update(att.id, status=Status.FAILED,
+                        self.store.update(att.id, status=Status.FAILED, device=gone,
                                           last_error=err.to_dict())
                         counts["vanished"] += 1
                     log.warning("reconcile %s: %s", att.id, err.message)

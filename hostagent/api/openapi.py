@@ -158,7 +158,11 @@ SPEC: dict[str, Any] = {
             "portal": {"type": "string", "nullable": True},
             "target": {"type": "string", "nullable": True}}},
         "Device": {"type": "object", "nullable": True, "properties": {
-            "path": {"type": "string"}, "wwn": {"type": "string"},
+            "path": {"type": "string", "nullable": True,
+                     "description": "the dm-N or sdX node as verified since the agent "
+                                    "started; null while the volume is restoring or after "
+                                    "it vanished (the kernel gives the name to others)"},
+            "wwn": {"type": "string"},
             "multipath": {"type": "boolean"}, "size_bytes": {"type": "integer"},
             "missing": {"type": "array", "items": {"type": "string"}},
             "paths": {"type": "array", "items": {"$ref": "#/components/schemas/Path"}},

@@ -125,10 +125,13 @@ def _iscsi_flags(args: argparse.Namespace) -> dict[str, Any]:
 def _describe(att: dict[str, Any]) -> str:
     dev = att.get("device") or {}
     line = f"{att['id']}: {att['status']}"
+    if att.get("phase"):
+        line += f" ({att['phase']})"
     if dev:
-        stable = f"{dev['stable_path']} ({dev['path']})" if dev.get("stable_path") \
-            else dev["path"]
-        line += f" {stable} wwn {dev['wwn']}, {len(dev['paths'])} path(s)"
+        names = [n for n in (dev.get("stable_path"), dev.get("path")) if n]
+        named = f"{names[0]} ({names[1]})" if len(names) == 2 else \
+            (names[0] if names else "no device now")
+        line += f" {named} wwn {dev['wwn']}, {len(dev['paths'])} path(s)"
     if att.get("last_error"):
         line += f" ({att['last_error'].get('code')}: {att['last_error'].get('message')})"
     notes = [text for key, text in (("read_only", "read-only"), ("encrypted",
@@ -149,7 +152,7 @@ def table(attachments: list[dict[str, Any]]) -> str:
         paths = f"{len(dev.get('paths', []))}" + (f" (-{len(dev['missing'])})"
                                                   if dev.get("missing") else "")
         rows.append((a["id"], a["status"] + (f" [{a['phase']}]" if a.get("phase") else ""),
-                     dev.get("path", "-"), dev.get("wwn", "-"), paths if dev else "-",
+                     dev.get("path") or "-", dev.get("wwn", "-"), paths if dev else "-",
                      a.get("volume_id") or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -281,7 +281,7 @@ class BrickConnector:
             raise MultipathRequired("the controller enforces multipath (enforce_multipath) "
                                     f"and os-brick gave a single path ({device.path})",
                                     reason="no_map")
-        if spec.access.read_only:
+        if spec.access.read_only and device.path is not None:
             set_read_only(self.fs, [*(p.device for p in device.paths),
                                     os.path.basename(device.path)])
 
@@ -361,6 +361,8 @@ class BrickConnector:
         return int(size)
 
     def present(self, device: Device) -> bool:
+        if device.path is None:  # gone before: its old name proves nothing
+            return False
         name = os.path.basename(device.path)
         if not self.fs.exists(f"{SYS_BLOCK}/{name}"):
             return False

@@ -116,7 +116,7 @@ class Observer:
             size_bytes=scsi.size_bytes(self.fs, dm) if dm else None,
             multipathd_error=snap.multipathd_error if device.multipath else None)
         return AttachmentObservation(att.id, att.volume_id, att.protocol,
-                                     dev_node(dm) if dm else device.path, device.wwn,
+                                     dev_node(dm) if dm else device.path or "", device.wwn,
                                      tuple(paths), map_obs, rports, notes=notes)
 
     def _disk(self, snap: Snapshot, place: _Placement | None, label: str, target: str | None,
