@@ -36,6 +36,12 @@ class Config:
     engine: str = "native"
     multipath: bool = True
     restore: bool = True  # attached volumes gone at start-up (a reboot) are made again
+    # A restore that fails for a reason that may pass is tried again: no try starts later
+    # than restore_timeout s after start-up (0: one try); the waits between tries start at
+    # restore_retry_interval s and double up to restore_retry_max_interval s.
+    restore_timeout: float = 1800.0
+    restore_retry_interval: float = 10.0
+    restore_retry_max_interval: float = 60.0
     log_level: str = "INFO"
     max_body_bytes: int = 64 * 1024
     # This host's address in the connector (`ip`); None: the default route's source.
@@ -59,6 +65,12 @@ class Config:
     heal_interval: float = 60.0  # s at least between two repairs of one path
     probe_read: bool = True  # one-block O_DIRECT read of each device per check
     probe_timeout: float = 10.0
+
+    def restore_deadline(self) -> float:
+        """Seconds after start-up by which every restore has ended (the undo of a try
+        cut off aside): no try starts after restore_timeout, and the last one may wait
+        [timeouts] attach for its target locks, then has [timeouts] attach to finish."""
+        return self.restore_timeout + 2 * self.attach_timeout
 
     def allowed_uids(self) -> frozenset[int]:
         return frozenset(_ids(self.allowed_users, lambda n: pwd.getpwnam(n).pw_uid))
@@ -167,6 +179,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str], Any]]]] = {
         "engine": ("engine", _choice(*ENGINES)),
         "multipath": ("multipath", _bool),
         "restore": ("restore", _bool),
+        "restore_timeout": ("restore_timeout", _non_negative),
+        "restore_retry_interval": ("restore_retry_interval", _positive),
+        "restore_retry_max_interval": ("restore_retry_max_interval", _positive),
         "log_level": ("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
         "max_body_bytes": ("max_body_bytes", _count),
         "my_ip": ("my_ip", _ip),
@@ -220,7 +235,16 @@ def parse(text: str, source: str = "<config>") -> Config:
                 raise InvalidConfig(f"{section}.{option}", f"{raw.strip()!r}: {err}") from err
     known = {f.name for f in fields(Config)}
     assert set(values) <= known
-    return Config(**values)
+    return _consistent(Config(**values))
+
+
+def _consistent(cfg: Config) -> Config:
+    """What no single option's parser can see."""
+    if cfg.restore_retry_max_interval < cfg.restore_retry_interval:
+        raise InvalidConfig("DEFAULT.restore_retry_max_interval",
+                            f"{cfg.restore_retry_max_interval:g}: must be at least "
+                            f"restore_retry_interval ({cfg.restore_retry_interval:g})")
+    return cfg
 
 
 def load(path: str | None = None) -> Config:

@@ -23,7 +23,7 @@ from aiohttp import web
 from hostagent import __version__, config
 from hostagent.agent import crashhook, logs
 from hostagent.agent.metrics import Metrics, report_preflight
-from hostagent.agent.restore import Restorer
+from hostagent.agent.restore import RestorePolicy, Restorer
 from hostagent.agent.service import Service
 from hostagent.agent.state import Store, claim_directory
 from hostagent.api.app import make_app
@@ -164,7 +164,9 @@ async def serve(cfg: Config) -> None:
     log.info("hostagent %s serving on %s (engine %s, multipath %s)", __version__, cfg.socket,
              cfg.engine, "on" if cfg.multipath else "off")
     # While the API serves: a restore waits on the array, and `hostagent-cli wait` asks.
-    restoring = asyncio.ensure_future(Restorer(agent.service).run())
+    policy = RestorePolicy(timeout=cfg.restore_timeout, interval=cfg.restore_retry_interval,
+                           max_interval=cfg.restore_retry_max_interval)
+    restoring = asyncio.ensure_future(Restorer(agent.service, policy=policy).run())
     if agent.health is not None:  # after reconcile: only settled attachments are checked
         agent.health.start()
     stop = asyncio.Event()

@@ -258,29 +258,34 @@ class Service:
         except BaseException as exc:
             # The device exists but the record of it does not (a full disk, a shutdown):
             # undone now, or the row stays `attaching` and the next start undoes it.
-            await self._undo_unrecorded(connector, req, device, exc)
+            await self.undo_unrecorded(att_id, req.spec, device, exc)
             raise
         log.info("attached %s: %s (%s, %d paths%s)", att_id, device.path, device.wwn,
                  len(device.paths), f", missing {list(device.missing)}" if device.missing else "")
         return att
 
-    async def _undo_unrecorded(self, connector: Connector, req: AttachRequest,
-                               device: Device, exc: BaseException) -> None:
-        log.error("attach %s: recording the device failed (%s); undoing it",
-                  req.attachment_id, _error_dict(exc)["message"])
+    async def undo_unrecorded(self, att_id: str, spec: VolumeSpec, device: Device,
+                              exc: BaseException) -> None:
+        """Undo an attach or restore whose device the store could not record. No force:
+        a map a consumer opened meanwhile stays, and the error says what was left and
+        why. The row ends `failed` if the store takes that write."""
+        log.error("%s: recording the device failed (%s); undoing it", att_id,
+                  _error_dict(exc)["message"])
+        left: list[str] = []
         try:
-            result = await connector.detach(req.spec, device, force=False,
-                                            claims=self.claims_for(req.attachment_id))
-        except BaseException as undo:
-            log.error("attach %s: undoing it failed too: %s", req.attachment_id,
-                      _error_dict(undo)["message"])
+            result = await self.engine_for(protocol_of(spec)).detach(
+                spec, device, force=False, claims=self.claims_for(att_id))
+            left = list(result.warnings)
+        except Exception as undo:
+            left = [_error_dict(undo)["message"]]
+            log.error("%s: undoing it left: %s", att_id, left[0])
+        error = _error_dict(exc)
+        if left:
+            error["details"] = {**error["details"], "left_on_host": left}
             if isinstance(exc, HostAgentError):
-                exc.details["left_on_host"] = [_error_dict(undo)["message"]]
-            return
-        if result.warnings and isinstance(exc, HostAgentError):
-            exc.details["left_on_host"] = list(result.warnings)
-        with contextlib.suppress(Exception):  # the store may still refuse every write
-            self._failed(req.attachment_id, Status.FAILED, exc)
+                exc.details["left_on_host"] = left
+        with contextlib.suppress(Exception):  # the store may refuse every write now
+            self.store.update(att_id, status=Status.FAILED, phase=None, last_error=error)
 
     # ---- detach ------------------------------------------------------------------
     async def detach(self, attachment_id: str, *, force: bool = False) -> Attachment:

@@ -28,6 +28,9 @@ from hostagent.models import RESTORING
 
 SOCKET_ENV = "HOSTAGENT_SOCKET"
 POLL_INTERVAL = 0.25  # s between progress reads; only while a command waits
+# `wait`: as long as the shipped unit waits, which covers a restore with the default
+# options (config.Config.restore_deadline, with room for the undo of a try cut off).
+WAIT_TIMEOUT = 2400.0
 
 
 def _read_text(source: str, what: str, field: str) -> str:
@@ -345,7 +348,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("connector", parents=[common], help="os-brick's connector properties")
     w = sub.add_parser("wait", parents=[common],
                        help="block until the volumes the agent restores at start-up are done")
-    w.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    w.add_argument("--timeout", type=float, default=WAIT_TIMEOUT,
+                   help=f"seconds (default {WAIT_TIMEOUT:g}: a restore with the default "
+                        "restore_timeout and attach timeout)")
     sub.add_parser("health", parents=[common],
                    help="check the attached volumes now (exit 0 healthy, 1 degraded, 2 failed)")
     _local_parsers(sub, common)

@@ -54,6 +54,9 @@ def test_the_defaults() -> None:
     assert cfg.multipath is True
     assert (cfg.attach_timeout, cfg.detach_timeout) == (180.0, 180.0)
     assert cfg.detached_retention == 86400.0
+    # Long enough for an array that boots after its hosts (a site power loss).
+    assert (cfg.restore_timeout, cfg.restore_retry_interval,
+            cfg.restore_retry_max_interval) == (1800.0, 10.0, 60.0)
 
 
 def test_empty_file_and_empty_sections_give_the_defaults() -> None:
@@ -75,6 +78,9 @@ lock_path = /srv/ha/locks
 engine = os-brick
 multipath = off
 restore = off
+restore_timeout = 0
+restore_retry_interval = 2.5
+restore_retry_max_interval = 300
 log_level = DEBUG
 max_body_bytes = 0x2000
 my_ip = 10.20.30.40
@@ -109,7 +115,8 @@ def test_every_option_parses_with_its_type(tmp_path: Path) -> None:
         socket="/srv/ha/agent.sock", socket_group="storage", socket_mode=0o640,
         allowed_users=("nova", "1001", "cinder"), allowed_groups=("disk", "6"),
         state_dir="/srv/ha/state", lock_path="/srv/ha/locks", engine="os-brick",
-        multipath=False, restore=False, log_level="DEBUG", max_body_bytes=8192,
+        multipath=False, restore=False, restore_timeout=0.0, restore_retry_interval=2.5,
+        restore_retry_max_interval=300.0, log_level="DEBUG", max_body_bytes=8192,
         my_ip="10.20.30.40", iface="san0", login_timeout=7, login_attempts=3,
         portal_retry_interval=0.0, rediscover_after=0.0,
         attach_timeout=300.0, detach_timeout=90.5, device_timeout=12.0, command_timeout=0.25,
@@ -225,6 +232,16 @@ def test_unknown_option_is_named(text: str, option: str) -> None:
     ("[DEFAULT]\nsocket_group =\n", "DEFAULT.socket_group"),
     ("[DEFAULT]\nmax_body_bytes = 0\n", "DEFAULT.max_body_bytes"),
     ("[timeouts]\nmax_parallel_commands = 0\n", "timeouts.max_parallel_commands"),
+    ("[DEFAULT]\nrestore_timeout = -1\n", "DEFAULT.restore_timeout"),
+    ("[DEFAULT]\nrestore_timeout = inf\n", "DEFAULT.restore_timeout"),
+    ("[DEFAULT]\nrestore_timeout = half an hour\n", "DEFAULT.restore_timeout"),
+    ("[DEFAULT]\nrestore_retry_interval = 0\n", "DEFAULT.restore_retry_interval"),
+    ("[DEFAULT]\nrestore_retry_interval = nan\n", "DEFAULT.restore_retry_interval"),
+    ("[DEFAULT]\nrestore_retry_max_interval = -60\n", "DEFAULT.restore_retry_max_interval"),
+    # A cap below the first wait would make the "growing" waits shrink.
+    ("[DEFAULT]\nrestore_retry_interval = 30\nrestore_retry_max_interval = 20\n",
+     "DEFAULT.restore_retry_max_interval"),
+    ("[DEFAULT]\nrestore_retry_max_interval = 5\n", "DEFAULT.restore_retry_max_interval"),
 ])
 def test_malformed_value_is_named(text: str, option: str) -> None:
     err = _invalid(text)
@@ -348,3 +365,47 @@ def test_a_bad_my_ip_is_named(text: str, why: str) -> None:
 
 def test_my_ip_belongs_to_default() -> None:
     assert _invalid("[iscsi]\nmy_ip = 10.0.0.1\n").option == "iscsi.my_ip"
+
+
+# ---- the restore policy and the unit that waits for it -------------------------------
+
+UNIT = SAMPLE.parents[1] / "systemd" / "hostagent.service"
+
+
+def test_restore_options_belong_to_default() -> None:
+    cfg = config.parse("[DEFAULT]\nrestore_timeout = 0\nrestore_retry_interval = 60\n"
+                       "restore_retry_max_interval = 60\n")
+    assert (cfg.restore_timeout, cfg.restore_retry_interval,
+            cfg.restore_retry_max_interval) == (0.0, 60.0, 60.0)
+    assert _invalid("[timeouts]\nrestore_timeout = 60\n").option == "timeouts.restore_timeout"
+
+
+def test_restore_deadline_covers_a_last_try_that_waits_for_its_locks() -> None:
+    # No try starts after restore_timeout; the last may wait up to [timeouts] attach for
+    # its target locks and then has [timeouts] attach to finish.
+    assert Config().restore_deadline() == 1800.0 + 2 * 180.0
+    assert Config(restore_timeout=0.0, attach_timeout=30.0).restore_deadline() == 60.0
+
+
+def _unit_setting(name: str) -> str:
+    values = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+              if line.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name}= in {UNIT}: {values}"
+    return values[0]
+
+
+def test_the_unit_waits_for_the_whole_restore_and_its_start_timeout_is_above() -> None:
+    # A `hostagent-cli wait` that gives up before the restore does fails the unit, and
+    # its restart cuts the restore: the wait covers the restore's deadline with room for
+    # the undo of a last try cut off, and systemd's start timeout is above the wait.
+    argv = _unit_setting("ExecStartPost").split()
+    assert argv[:2] == ["/usr/local/bin/hostagent-cli", "wait"]
+    wait = float(argv[argv.index("--timeout") + 1])
+    assert wait >= Config().restore_deadline() + 120
+    assert float(_unit_setting("TimeoutStartSec")) > wait
+
+
+def test_the_cli_waits_as_long_as_the_unit_by_default() -> None:
+    from hostagent.cli import main as cli
+    argv = _unit_setting("ExecStartPost").split()
+    assert cli.parser().parse_args(["wait"]).timeout == float(argv[argv.index("--timeout") + 1])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hostagent.agent.restore import Restorer
+from hostagent.agent.restore import Outcome, Restorer
 from hostagent.agent.service import Service
 from hostagent.agent.state import Store
 from hostagent.connection_info import ISCSI
@@ -44,6 +44,11 @@ def names(att: Attachment) -> set[str]:
                         *(p.hctl for p in att.device.paths)) if n}
 
 
+def restore(service: Service, att_id: str) -> Outcome:
+    clock = FakeClock()
+    return asyncio.run(Restorer(service, clock=clock).restore(att_id, clock.monotonic() + 60))
+
+
 def restarted(agent: Agent) -> Service:
     """A new agent on the same store and host, reconciled, nothing restored yet."""
     service = Service(Store(agent.state_dir), {ISCSI: agent.host.connector})
@@ -61,7 +66,7 @@ def test_a_restoring_attachment_answers_no_name_that_another_volume_now_has(agen
     service = restarted(agent)
     for p in (P1, P2):  # b comes back first: the kernel gives it a's old names
         agent.host.expect_login(K2, p)
-    assert asyncio.run(Restorer(service, clock=FakeClock()).restore("b"))
+    assert restore(service, "b") == Outcome.RESTORED
     b = service.get("b")
     assert b.device is not None and b.device.path == "/dev/dm-0"
 
@@ -94,7 +99,7 @@ def test_a_restoring_attachment_claims_no_address_it_had(agent: Agent) -> None:
     for p in (P1, P2):
         agent.host.expect_login(IQN, p)
     agent.host.expect_logout(IQN)
-    assert not asyncio.run(Restorer(service, clock=FakeClock()).restore("a"))
+    assert restore(service, "a") == Outcome.FAILED
     agent.host.executor.assert_done()
     assert service.get("a").status == Status.FAILED
     assert agent.host.kernel.session_host(IQN, P1) is None
@@ -111,7 +116,7 @@ def test_a_detach_of_a_restoring_attachment_spares_the_volume_that_took_its_name
     service = restarted(agent)
     for p in (P1, P2):
         agent.host.expect_login(K2, p)
-    assert asyncio.run(Restorer(service, clock=FakeClock()).restore("b"))
+    assert restore(service, "b") == Outcome.RESTORED
     b = service.get("b")
     assert b.device is not None
     flushed = list(agent.host.kernel.flushed)
