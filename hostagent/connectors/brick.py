@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI
 from hostagent.connectors.base import Connector, Progress, no_progress, refuse_single_path
-from hostagent.connectors.devices import set_read_only
+from hostagent.connectors.devices import set_read_only_off_loop
 from hostagent.errors import (
     CommandFailed,
     CommandTimeout,
@@ -72,6 +72,11 @@ class BrickBackend(Protocol):
 
 # (protocol, multipath) -> an os-brick connector for it
 BackendFactory = Callable[[str, bool], BrickBackend]
+
+
+# BLKROSET opens the device, which waits on its I/O: os-brick has no device timeout
+# of its own to bound it by, so the native engines' default.
+READ_ONLY_DEADLINE = 30.0
 
 
 @dataclass(frozen=True)
@@ -267,13 +272,13 @@ class BrickConnector:
             raise WwidInUse(f"os-brick attached WWID {device.wwn}, which another live "
                             "attachment's volume already has: refused", wwid=device.wwn)
         try:
-            self._apply_access(spec, device)
+            await self._apply_access(spec, device)
         except BaseException:
             await _disconnect(backend, props, info)
             raise
         return device
 
-    def _apply_access(self, spec: VolumeSpec, device: Device) -> None:
+    async def _apply_access(self, spec: VolumeSpec, device: Device) -> None:
         """What the controller asked beyond the targets, on a device that is this
         attachment's alone (checked against the claims before)."""
         if spec.access.enforce_multipath and not device.multipath:
@@ -282,8 +287,9 @@ class BrickConnector:
                                     f"and os-brick gave a single path ({device.path})",
                                     reason="no_map")
         if spec.access.read_only and device.path is not None:
-            set_read_only(self.fs, [*(p.device for p in device.paths),
-                                    os.path.basename(device.path)])
+            await set_read_only_off_loop(
+                self.fs, [*(p.device for p in device.paths), os.path.basename(device.path)],
+                deadline=READ_ONLY_DEADLINE)
 
     def _device(self, info: dict[str, Any], multipath: bool, spec: VolumeSpec) -> Device:
         # os-brick answers /dev/dm-N, /dev/sdX, or a /dev/disk/by-* link (single path).

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hostagent.connectors.base import Progress, refuse_single_path
 from hostagent.errors import (
@@ -29,7 +32,7 @@ from hostagent.errors import (
 from hostagent.host import proc, scsi
 from hostagent.host.clock import SYSTEM_CLOCK, Clock
 from hostagent.host.fs import DISK_BY_ID, SYS_BLOCK, SYS_CLASS, UDEV_DB, HostFS, dev_node
-from hostagent.host.multipath import Multipath, map_wwid
+from hostagent.host.multipath import DmMap, Multipath, map_at, map_wwid
 from hostagent.host.udev import Udev, block_initialized
 from hostagent.models import (
     NO_CLAIMS,
@@ -48,6 +51,63 @@ from hostagent.models import (
 # path and reads the disk again). Seen after a LUN id reuse. A refused disk is offered
 # again after each pause, the map awaited meanwhile: 7.5 s in all.
 ADD_PATH_PAUSES = (0.5, 1.0, 2.0, 4.0)
+T = TypeVar("T")
+
+
+async def off_loop(call: Callable[[], T], *, deadline: float, what: str) -> T:
+    """`call()` (a blocking kernel call: an ioctl, a sysfs write that does SCSI I/O)
+    on a thread of its own, awaited for at most `deadline` seconds; past it,
+    DeviceTimeout. A thread cannot be cancelled: one that misses its deadline stays
+    blocked in the kernel until the call returns, if ever (a flush of a map queueing
+    with every path dead). So it is a daemon thread, not the default executor's:
+    asyncio.run joins those workers at exit (a stuck one would hold SIGTERM for
+    ever) and a few stuck ones would starve every other to_thread."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: Exception | None) -> None:
+        if done.done():
+            return  # its deadline passed: nobody waits any more
+        if error is None:
+            done.set_result(result)  # type: ignore[arg-type]
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        try:
+            outcome: tuple[T | None, Exception | None] = (call(), None)
+        except Exception as err:  # handed to the waiter, which raises it
+            outcome = (None, err)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=f"hostagent: {what}", daemon=True).start()
+    try:
+        async with asyncio.timeout(deadline):
+            return await done
+    except TimeoutError:
+        raise DeviceTimeout(f"{what} did not finish within {deadline:g} s (it may still "
+                            "be blocked in the kernel)", waited_for=what,
+                            timeout=deadline) from None
+
+
+def note_left(err: BaseException, left: Sequence[str]) -> None:
+    """What a rollback left on the host, and why, attached to the error the failed
+    operation raises (details["left_on_host"]), for the caller and the record."""
+    if not left:
+        return
+    if isinstance(err, HostAgentError):
+        err.details["left_on_host"] = [*err.details.get("left_on_host", ()), *left]
+    else:
+        err.add_note("left on the host: " + "; ".join(left))
+
+
+def refuse_if_left(left: Sequence[str]) -> None:
+    """An undo with no error of its own (a recovery) that left something (an open
+    map) is not done: DeviceBusy, naming what is left and why."""
+    if left:
+        raise DeviceBusy("the undo left part of the volume on the host: " + "; ".join(left),
+                         left_on_host=list(left))
 
 
 @dataclass(frozen=True)
@@ -73,11 +133,19 @@ async def first_path(connects: Iterable[Callable[[], Awaitable[ScsiPath]]]
 
 def set_read_only(fs: HostFS, names: Iterable[str]) -> None:
     """Disks and maps set read-only (access_mode ro); the kernel's flag is read back,
-    so a device that did not take it fails the attach."""
+    so a device that did not take it fails the attach. It blocks: the event loop
+    calls set_read_only_off_loop."""
     for name in names:
         fs.set_read_only(dev_node(name))
         if fs.try_read(f"{SYS_BLOCK}/{name}/ro") != "1":
             raise HostCommandError(f"{name} did not become read-only", device=name)
+
+
+async def set_read_only_off_loop(fs: HostFS, names: Sequence[str], *,
+                                 deadline: float) -> None:
+    """set_read_only in a thread: BLKROSET opens the device, which can wait on I/O."""
+    await off_loop(lambda: set_read_only(fs, names), deadline=deadline,
+                   what=f"setting {', '.join(names)} read-only")
 
 
 def path_failures(labels: Sequence[str], outcomes: Sequence[object]
@@ -120,8 +188,20 @@ class Devices:
             # A leftover, possibly of a LUN id the array has since given to another
             # volume: its cached identity cannot be trusted, so it is scanned anew.
             await self._delete([hctl], "the leftover disk")
-        scsi.scan_lun(self.fs, host, channel, target_id, lun)
+        # The scan waits for the target's answers (INQUIRY, REPORT LUNS, READ
+        # CAPACITY): a target that stopped answering holds it for the SCSI timeouts.
+        await self.run_blocking(functools.partial(scsi.scan_lun, self.fs, host, channel,
+                                                  target_id, lun), f"the scan of {hctl}")
         return await self._wait_disk(hctl, not_found), True
+
+    async def run_blocking(self, call: Callable[[], T], what: str) -> T:
+        """A blocking kernel call off the event loop, within the device timeout."""
+        return await off_loop(call, deadline=self.device_timeout, what=what)
+
+    async def rescan(self, hctl: str) -> None:
+        """VPD 0x83 and the capacity read again: I/O to the disk, off the loop."""
+        await self.run_blocking(functools.partial(scsi.rescan_device, self.fs, hctl),
+                                f"the rescan of {hctl}")
 
     async def _wait_disk(self, hctl: str, not_found: Callable[[], HostAgentError]) -> str:
         """The sd of a SCSI device the scan just made, once udev has processed it."""
@@ -151,7 +231,7 @@ class Devices:
             raise DeviceBusy(f"{sd} ({hctl}) is held by {holders[0]}, which is not a "
                              "multipath map: the disk is in use outside multipath", hctl=hctl,
                              holder=holders[0])
-        scsi.rescan_device(self.fs, hctl)
+        await self.rescan(hctl)
         if scsi.wwid(self.fs, hctl) == held_by:
             return True
         try:
@@ -207,7 +287,8 @@ class Devices:
             stable = self.disk_by_id(name, wwid)
         if access.read_only:
             progress("setting the device read-only")
-            set_read_only(self.fs, [*disks, name])
+            await set_read_only_off_loop(self.fs, [*disks, name],
+                                         deadline=self.device_timeout)
         return Device(dev_node(name), wwid, infos, multipath, missing,
                       scsi.size_bytes(self.fs, name), iscsi_targets, stable,
                       read_only=access.read_only, encrypted=access.encrypted)
@@ -270,19 +351,33 @@ class Devices:
                 raise outcome
         return refused
 
-    async def rollback(self, paths: Sequence[ScsiPath], *, force: bool = True,
-                       claims: Claims = NO_CLAIMS) -> None:
-        """Take away what an attach made: maps made only of its disks, then the disks."""
+    async def rollback(self, paths: Sequence[ScsiPath], *,
+                       claims: Claims = NO_CLAIMS) -> list[str]:
+        """Take away what an attach made: maps made only of its disks, then the disks.
+
+        Never forced: only an explicit forced detach may take I/O from a holder. A
+        map found open (LVM autoactivation, a mount, udev opened it meanwhile) is
+        left as it is, with its disks (its slaves); what was left, and why, is
+        returned for the caller's error (note_left).
+        """
+        left: list[str] = []
+        kept: set[str] = set()
         created = [p for p in paths if p.created]
         for wwid in {p.wwid for p in paths if p.wwid} - claims.wwids:
             dm = self._map_over(wwid, paths)
             if dm and set(self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves")) <= {
                     p.info.device for p in created}:
-                await self.remove_map(wwid, dm, force=force)
+                try:
+                    await self.remove_map(wwid, dm, force=False)
+                except DeviceBusy as err:
+                    left.append(f"{err.message}: left as it is, with its disks")
+                    kept.add(wwid)
+                    continue
                 self.multipath.forget_wwid(wwid)
-        for wwid in dict.fromkeys(p.wwid for p in created):
+        for wwid in dict.fromkeys(p.wwid for p in created if p.wwid not in kept):
             await self.delete_disks([p.info for p in created if p.wwid == wwid], wwid,
-                                    claims=claims)
+                                    claims=claims, warnings=left)
+        return left
 
     def forget_unmapped(self, paths: Sequence[ScsiPath]) -> None:
         """Forget the WWIDs of paths whose map is gone (a recovery's last step)."""
@@ -322,35 +417,72 @@ class Devices:
             return DetachResult(False, tuple(warnings))
         # Also in single-path mode: multipathd may have built a map on our disk
         # by itself (find_multipaths no); the disk cannot go while it holds it.
-        dm = self.map_of(device)
-        progress("flushing")
-        lost |= self.flush(dev_node(dm) if dm else device.path, force, warnings)
-        if dm:
+        # Found by WWID now: the recorded dm-N or sdX may be another volume's by now.
+        m = self.multipath.find(device.wwn, [p.device for p in device.paths])
+        target = dev_node(m.dm) if m else self._own_disk(device, paths, claims)
+        if force and m:
+            await self._stop_queueing(m, warnings)  # before the flush, which may block
+        if target:
+            progress("flushing")
+            lost |= await self.flush(target, force, warnings)
+        if m:
             progress("removing the multipath map")
-            lost |= await self.remove_map(device.wwn, dm, force=force, warnings=warnings)
+            lost |= await self.remove_map(m.wwid, m.dm, force=force, warnings=warnings)
         if device.multipath:
             self.multipath.forget_wwid(device.wwn)
         progress("removing the disks")
         await self.delete_disks(list(paths), device.wwn, claims=claims, warnings=warnings)
         return DetachResult(lost, tuple(warnings))
 
-    def flush(self, dev: str, force: bool, warnings: list[str]) -> bool:
+    def _own_disk(self, device: Device, paths: Sequence[PathInfo],
+                  claims: Claims) -> str | None:
+        """Single-path mode: the disk now at one of the volume's H:C:T:L that reports
+        its WWID right now (the recorded sd name may be another volume's disk)."""
+        if device.multipath:
+            return None  # its map is gone: its disks are only deleted, never flushed
+        for p in paths:
+            if p.hctl in claims.hctls or scsi.wwid(self.fs, p.hctl) != device.wwn:
+                continue
+            if sd := scsi.disk_of(self.fs, p.hctl):
+                return dev_node(sd)
+        return None
+
+    async def _stop_queueing(self, m: DmMap, warnings: list[str]) -> None:
+        try:
+            await self.multipath.disable_queueing(m)
+        except HostCommandError as err:
+            warnings.append(f"queueing of map {m.name} ({m.dm}) could not be turned off "
+                            f"({describe(err)}): its flush may wait until its deadline")
+
+    async def flush(self, dev: str, force: bool, warnings: list[str]) -> bool:
+        """BLKFLSBUF (a sync of a file system mounted on it) off the event loop. It
+        never returns on a map queueing with every path dead: past the device
+        timeout a plain detach is refused (nothing was torn down yet), a forced one
+        goes on with data_may_be_lost. The flush's thread stays blocked meanwhile."""
         if not self.fs.exists(dev):
             return False
         try:
-            self.fs.flush_buffers(dev)
-        except OSError as err:
+            await self.run_blocking(functools.partial(self.fs.flush_buffers, dev),
+                                    f"the flush of {dev}")
+        except (OSError, DeviceTimeout) as err:
+            why = err.message if isinstance(err, DeviceTimeout) else f"failed: {err}"
             if not force:
-                raise DeviceBusy(f"flushing {dev} failed: {err}", device=dev) from err
-            warnings.append(f"flushing {dev} failed ({err}); forced on: data may be lost")
+                raise DeviceBusy(f"flushing {dev}: {why}", device=dev) from err
+            warnings.append(f"flushing {dev}: {why}; forced on: data may be lost")
             return True
         return False
 
     async def remove_map(self, wwid: str, dm: str, *, force: bool,
                          warnings: list[str] | None = None) -> bool:
+        """Remove `wwid`'s map, which is `dm` now, by the name device-mapper knows it
+        by (read again here, whatever user_friendly_names says). Only an explicit
+        forced detach forces it (`force`: its caller has turned queueing off)."""
+        m = map_at(self.fs, dm)
+        if m is None or m.wwid != wwid:
+            return False  # gone already; `dm` may be another map by now
         for attempt in range(self.remove_attempts):
             try:
-                await self.multipath.remove_map(wwid)
+                await self.multipath.remove_map(m)
                 break
             except DeviceBusy:
                 if attempt + 1 < self.remove_attempts:
@@ -358,18 +490,18 @@ class Devices:
         else:
             held = self.held_by(dm)
             if not force:
-                raise DeviceBusy(f"multipath map {wwid} ({dm}) stays in use{held}", wwid=wwid,
-                                 dm=dm)
-            await self.multipath.force_remove(wwid)
+                raise DeviceBusy(f"multipath map {m.name} ({dm}) stays in use{held}",
+                                 wwid=wwid, dm=dm, map=m.name)
+            await self.multipath.force_remove(m)
             if warnings is not None:
-                warnings.append(f"map {wwid} ({dm}) was in use{held}: its I/O now fails and "
-                                "it goes when its holder closes it; data may be lost")
+                warnings.append(f"map {m.name} ({dm}) was in use{held}: its I/O now fails "
+                                "and it goes when its holder closes it; data may be lost")
             # No wait for the map: it stays until its holder closes it, but it holds
             # no disk any more, so the paths and sessions go now.
             await self.udev.wait(lambda: not self.fs.listdir(f"{SYS_BLOCK}/{dm}/slaves") or None,
-                                 timeout=self.device_timeout, what=f"map {wwid} to let go")
+                                 timeout=self.device_timeout, what=f"map {m.name} to let go")
             return True
-        await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {wwid}")
+        await self.wait_gone([f"{SYS_BLOCK}/{dm}"], f"map {m.name}")
         return False
 
     def held_by(self, dm: str) -> str:
@@ -413,7 +545,10 @@ class Devices:
             dev = self.fs.try_read(f"{SYS_CLASS}/block/{sd}/dev") if sd else None
             if dev:
                 entries.append(f"{UDEV_DB}/b{dev.strip()}")
-            scsi.delete_device(self.fs, hctl)  # synchronous in the kernel
+            # Synchronous in the kernel, and the sd driver's removal syncs the disk's
+            # cache first (SYNCHRONIZE CACHE): it waits as long as the disk does.
+            await self.run_blocking(functools.partial(scsi.delete_device, self.fs, hctl),
+                                    f"the removal of {hctl}")
         await self.wait_gone([*(f"{SYS_CLASS}/scsi_device/{h}" for h in hctls), *entries], what)
 
     async def wait_gone(self, sys_paths: list[str], what: str) -> None:
@@ -429,10 +564,13 @@ class Devices:
             raise PathsDown("every path must be up to resize safely", down=down,
                             missing=list(missing))
         for p in paths:
-            scsi.rescan_device(self.fs, p.hctl)
+            await self.rescan(p.hctl)
         if not device.multipath:
             return scsi.size_bytes(self.fs, paths[0].device)
-        await self.multipath.resize(device.wwn)
+        m = self.multipath.find(device.wwn, [p.device for p in paths])
+        if m is None:
+            raise HostCommandError(f"map {device.wwn} vanished before resize")
+        await self.multipath.resize(m)
         dm = self.map_of(device)
         if dm is None:
             raise HostCommandError(f"map {device.wwn} vanished during resize")

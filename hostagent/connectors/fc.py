@@ -24,7 +24,9 @@ from hostagent.connectors.devices import (
     ScsiPath,
     describe,
     first_path,
+    note_left,
     path_failures,
+    refuse_if_left,
 )
 from hostagent.connectors.locks import TargetLocks
 from hostagent.connectors.properties import host_properties, sysfs_order
@@ -169,10 +171,10 @@ class FcConnector:
                     outcomes = await first_path(
                         functools.partial(self._connect, p, vol, progress) for p in todo.pairs)
                 failures = path_failures([p.label for p in todo.pairs], outcomes)
-            except BaseException:
+            except BaseException as err:
                 # Cut off mid-scan (a timeout, a shutdown), or a bug: a path may be
                 # half made, so what exists is found anew rather than taken from outcomes.
-                await self._undo(vol, force=True, claims=claims)
+                note_left(err, await self._undo(vol, claims=claims))
                 raise
             paths = [o for o in outcomes if isinstance(o, ScsiPath)]
             try:
@@ -183,8 +185,8 @@ class FcConnector:
                                                  expected_wwn=vol.expected_wwn,
                                                  progress=progress, claims=claims(),
                                                  access=vol.access)
-            except BaseException:
-                await self.devices.rollback(paths, claims=claims())
+            except BaseException as err:
+                note_left(err, await self.devices.rollback(paths, claims=claims()))
                 raise
 
     async def restore(self, spec: VolumeSpec, device: Device, *,
@@ -251,20 +253,21 @@ class FcConnector:
         """Undo an attach the agent did not live to finish, knowing only its spec.
 
         The volume's LUN behind every remote port of its targets goes (its map, its
-        disks). FC has no session of ours to tell our disks from others', so an open
-        map is left alone (DeviceBusy) rather than forced away.
+        disks). An open map is left alone (DeviceBusy) rather than forced away, as
+        by every rollback.
         """
         vol = _expect_fc(spec)
         async with self.locks.hold(vol.target_keys):
-            await self._undo(vol, force=False, claims=claims)
+            refuse_if_left(await self._undo(vol, claims=claims))
 
-    async def _undo(self, vol: FcVolume, *, force: bool, claims: ClaimsSource) -> None:
+    async def _undo(self, vol: FcVolume, *, claims: ClaimsSource) -> list[str]:
         paths = self._found(vol)
         if vol.expected_wwn:  # a disk at the LUN that is another volume is not ours
             want = vol.expected_wwn.lower().removeprefix("naa.")
             paths = [p for p in paths if p.wwid in ("", want, "3" + want)]
-        await self.devices.rollback(paths, force=force, claims=claims())
+        left = await self.devices.rollback(paths, claims=claims())
         self.devices.forget_unmapped(paths)
+        return left
 
     def present(self, device: Device) -> bool:
         """Whether an attached volume's device is still on the host, as the same volume."""

@@ -28,7 +28,9 @@ from hostagent.connectors.devices import (
     ScsiPath,
     describe,
     first_path,
+    note_left,
     path_failures,
+    refuse_if_left,
 )
 from hostagent.connectors.discovery import DiscoveryMemory
 from hostagent.connectors.locks import TargetLocks
@@ -37,6 +39,8 @@ from hostagent.connectors.repair import restore_disk
 from hostagent.errors import (
     AuthenticationFailed,
     CommandFailed,
+    CommandTimeout,
+    DaemonUnavailable,
     HostAgentError,
     InvalidRequest,
     LoginFailed,
@@ -160,17 +164,18 @@ class IscsiConnector:
                 else:
                     outcomes = await first_path(functools.partial(connect, t) for t in targets)
                 failures = path_failures([str(t.portal) for t in targets], outcomes)
-            except BaseException:
+            except BaseException as err:
                 # Cut off mid-login (a timeout, a shutdown), or a bug: a path may be half
                 # made, so what exists is found anew rather than taken from outcomes.
-                await self._undo(vol, targets, claims, keep_records=restoring)
+                note_left(err, await self._undo(vol, targets, claims, keep_records=restoring))
                 raise
             paths = [o for o in outcomes if isinstance(o, ScsiPath)]
             try:
                 return await self._finish(vol, targets, paths, failures, multipath, progress,
                                           claims)
-            except BaseException:
-                await self._rollback(targets, paths, claims, keep_records=restoring)
+            except BaseException as err:
+                note_left(err, await self._rollback(targets, paths, claims,
+                                                    keep_records=restoring))
                 raise
 
     async def _resolve(self, vol: IscsiVolume, multipath: bool,
@@ -210,7 +215,7 @@ class IscsiConnector:
         iqn, portal = target.iqn, target.portal
         session = live.get((iqn, str(portal)))
         if session is None:
-            self.backoff.check(str(portal))
+            self.backoff.check(str(portal), iqn=iqn)
             if restoring:
                 self._require_record(target)
             elif self.iscsiadm.has_node(iqn, portal):
@@ -239,22 +244,24 @@ class IscsiConnector:
         iqn, portal = target.iqn, str(target.portal)
         await self._at_portal(portal, lambda: self.iscsiadm.login(
             iqn, target.portal, mutual_chap=bool(vol.chap and vol.chap.mutual),
-            timeout=self.options.login_timeout * self.options.login_attempts + 15))
+            timeout=self.options.login_timeout * self.options.login_attempts + 15), iqn=iqn)
         session = self.session(iqn, portal)
         if session is None:
             raise LoginFailed(f"logged in to {iqn} at {portal} but the kernel shows no "
                               "session", iqn=iqn, portal=portal)
         return session
 
-    async def _at_portal(self, portal: str, call: Callable[[], Awaitable[T]]) -> T:
-        """A login or discovery at `portal`; its outcome decides whether the portal rests."""
-        self.backoff.check(portal)
+    async def _at_portal(self, portal: str, call: Callable[[], Awaitable[T]], *,
+                         iqn: str | None = None) -> T:
+        """A login to `iqn`, or with none a discovery, at `portal`; its outcome decides
+        whether that target there, or the whole portal, rests (backoff.py says which)."""
+        self.backoff.check(portal, iqn=iqn)
         try:
             result = await call()
         except HostAgentError as err:
-            self.backoff.record(portal, err)
+            self.backoff.record(portal, err, iqn=iqn)
             raise
-        self.backoff.record(portal, None)
+        self.backoff.record(portal, None, iqn=iqn)
         return result
 
     def _node_settings(self, chap: Chap | None) -> dict[str, str]:
@@ -287,9 +294,12 @@ class IscsiConnector:
                                          access=vol.access)
 
     async def _rollback(self, targets: Sequence[IscsiTarget], paths: list[ScsiPath],
-                        claims: ClaimsSource, *, keep_records: bool = False) -> None:
-        await self.devices.rollback(paths, claims=claims())
+                        claims: ClaimsSource, *, keep_records: bool = False) -> list[str]:
+        """What a failed attach made goes; what had to stay is returned (an open map
+        with its disks: plan_release then keeps the sessions they sit on)."""
+        left = await self.devices.rollback(paths, claims=claims())
         await self._release_sessions(targets, claims, keep_records=keep_records)
+        return left
 
     # ---- recovery after a crash ---------------------------------------------------
     async def recover(self, spec: VolumeSpec, claims: ClaimsSource = no_claims) -> None:
@@ -301,10 +311,10 @@ class IscsiConnector:
         """
         vol = _expect_iscsi(spec)
         async with self.locks.hold(vol.iqns):
-            await self._undo(vol, vol.targets, claims)
+            refuse_if_left(await self._undo(vol, vol.targets, claims))
 
     async def _undo(self, vol: IscsiVolume, targets: Sequence[IscsiTarget],
-                    claims: ClaimsSource, *, keep_records: bool = False) -> None:
+                    claims: ClaimsSource, *, keep_records: bool = False) -> list[str]:
         """What exists of `vol` on our sessions goes: its disks and map, then the
         sessions and node records of its targets that no other LUN uses."""
         lun_of = {t.iqn: t.lun for t in vol.targets}
@@ -316,13 +326,14 @@ class IscsiConnector:
             if self.fs.exists(f"{SYS_CLASS}/scsi_device/{hctl}"):
                 info = PathInfo(scsi.disk_of(self.fs, hctl) or "", hctl, str(s.portal), s.iqn)
                 paths.append(ScsiPath(info, scsi.wwid(self.fs, hctl) or "", True))
-        await self._rollback(_unique([
+        left = await self._rollback(_unique([
             *targets,
             *(IscsiTarget(s.portal, s.iqn, lun_of[s.iqn]) for s in sessions),
             *(IscsiTarget(p, iqn, lun) for iqn, lun in lun_of.items()
               for p in self.iscsiadm.node_portals(iqn))]), paths, claims,
             keep_records=keep_records)
         self.devices.forget_unmapped(paths)
+        return left
 
     def present(self, device: Device) -> bool:
         """Whether an attached volume's device is still on the host, as the same volume."""
@@ -375,17 +386,24 @@ class IscsiConnector:
     async def _logout(self, iqn: str, portal: Portal | None = None) -> None:
         """Our sessions of `iqn` (at `portal`) logged out. A session in recovery (iscsid
         just restarted, a portal just back) refuses until iscsid has it again, and
-        iscsiadm then reports a session it did end as not found: what is left is read
-        again and tried a few times, a second apart."""
+        iscsiadm then reports a session it did end as not found; iscsid itself may be
+        restarting (DaemonUnavailable) or too slow for our timeout. After any failure
+        what is left is read again: none of ours left is done, else a transient failure
+        is tried again, a second apart, within LOGOUT_ATTEMPTS tries and seconds."""
+        start = self.clock.monotonic()
         for attempt in range(1, LOGOUT_ATTEMPTS + 1):
             try:
                 await self.iscsiadm.logout(iqn, portal)
                 return
-            except CommandFailed as err:
-                left = [s for s in self._sessions(iqn) if portal in (None, s.portal)]
-                if not left:
-                    return  # what it refused is gone
-                if err.returncode not in _RECOVERING or attempt == LOGOUT_ATTEMPTS:
+            except (CommandFailed, DaemonUnavailable, CommandTimeout) as err:
+                if not [s for s in self._sessions(iqn) if portal in (None, s.portal)]:
+                    return  # what it refused, or did without telling us, is gone
+                # iscsid restarting or slow ends sessions on its own time, not ours.
+                transient = not isinstance(err, CommandFailed) or err.returncode in _RECOVERING
+                # Timed-out tries count in seconds too: a hung iscsid must not hold a
+                # detach for LOGOUT_ATTEMPTS command timeouts.
+                spent = self.clock.monotonic() - start
+                if not transient or attempt == LOGOUT_ATTEMPTS or spent >= LOGOUT_ATTEMPTS:
                     raise
             await self.clock.sleep(1.0)
 

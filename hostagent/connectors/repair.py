@@ -5,7 +5,7 @@ volume's, and put back in the map."""
 from __future__ import annotations
 
 from hostagent.connectors.base import PathRepair, RepairKind
-from hostagent.connectors.devices import Devices, set_read_only
+from hostagent.connectors.devices import Devices, set_read_only_off_loop
 from hostagent.errors import LunNotFound, WwnMismatch
 from hostagent.host import scsi
 from hostagent.host.fs import HostFS
@@ -17,7 +17,7 @@ async def restore_disk(devices: Devices, fs: HostFS, device: Device, repair: Pat
     if hctl is None:
         raise LunNotFound(f"{repair.label}: nothing to scan the LUN through")
     if repair.kind == RepairKind.READD and repair.device:
-        scsi.rescan_device(fs, hctl)  # re-read the identity before trusting it
+        await devices.rescan(hctl)  # re-read the identity before trusting it
         sd, created = repair.device, False
     else:  # a disk at hctl nobody holds is deleted and scanned anew by scan()
         sd, created = await devices.scan(hctl, lambda: LunNotFound(
@@ -29,7 +29,7 @@ async def restore_disk(devices: Devices, fs: HostFS, device: Device, repair: Pat
         raise WwnMismatch(f"{sd} ({hctl}) reports {wwid}, not the volume's {device.wwn}",
                           hctl=hctl, wwid=wwid)
     if device.read_only:
-        set_read_only(fs, [sd])
+        await set_read_only_off_loop(fs, [sd], deadline=devices.device_timeout)
     if device.multipath:
         await devices.build_map(device.wwn, [sd])
     return PathInfo(sd, hctl, None, repair.target)

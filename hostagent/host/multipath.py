@@ -41,6 +41,25 @@ def map_wwid(fs: HostFS, name: str) -> str | None:
     return uuid.removeprefix("mpath-") if uuid.startswith("mpath-") else None
 
 
+@dataclass(frozen=True)
+class DmMap:
+    """A multipath map as sysfs shows it at one moment. `name` is what device-mapper,
+    dmsetup and multipathd know it by: its WWID, or an alias (mpatha) when
+    multipath.conf says user_friendly_names yes; only the WWID is ours to choose."""
+
+    dm: str  # dm-N: reused by the kernel once the map is gone
+    name: str
+    wwid: str
+
+
+def map_at(fs: HostFS, dm: str) -> DmMap | None:
+    """The multipath map that is `dm` now (its uuid and dm name read from sysfs), or
+    None if `dm` is no multipath map (any more)."""
+    wwid = map_wwid(fs, dm)
+    name = fs.try_read(f"{SYS_BLOCK}/{dm}/dm/name") if wwid else None
+    return DmMap(dm, name, wwid) if wwid and name else None
+
+
 class MultipathdClient(Protocol):
     async def command(self, cmd: str, *, timeout: float) -> str: ...
 
@@ -154,31 +173,41 @@ class Multipath:
     async def add_path(self, device: str) -> None:
         await self._ok(f"add path {device}")
 
-    async def remove_map(self, wwid: str) -> None:
+    async def remove_map(self, m: DmMap) -> None:
         """Remove a map nobody holds. Queueing is left as it is: multipathd checks the
         open count first and refuses an open map untouched (libmultipath
-        _dm_flush_map), so a refused detach leaves the consumer's map as it was."""
-        reply = await self.client.command(f"del map {wwid}", timeout=self.timeout)
-        if reply.strip() != "ok" and self.map_device(wwid) is not None:
-            raise DeviceBusy(f"multipathd could not remove map {wwid} (in use?)", wwid=wwid)
+        _dm_flush_map), so a refused detach leaves the consumer's map as it was.
+        `del map` takes the map's dm name (cli_del_map looks it up as a dm device
+        name), never its WWID when user_friendly_names gave it an alias."""
+        reply = await self.client.command(f"del map {m.name}", timeout=self.timeout)
+        if reply.strip() != "ok" and self.map_device(m.wwid) is not None:
+            raise DeviceBusy(f"multipathd could not remove map {m.name} (in use?)",
+                             wwid=m.wwid, map=m.name)
 
-    async def force_remove(self, wwid: str) -> None:
-        """Last resort of a forced detach of a map still open: queueing off (in
-        multipathd too, so a reload it makes cannot queue again), the table replaced
-        by one that fails every I/O at once (its holder gets EIO instead of hanging),
-        and the map's removal deferred until its last close."""
-        await self.client.command(f"disablequeueing map {wwid}", timeout=self.timeout)
+    async def disable_queueing(self, m: DmMap) -> None:
+        """queue_if_no_path off, in multipathd too (a reload it makes cannot queue
+        again): I/O to a map with every path dead then fails instead of waiting for
+        ever. A forced detach sends it before anything that can block on I/O."""
+        await self._ok(f"disablequeueing map {m.name}")
+
+    async def force_remove(self, m: DmMap) -> None:
+        """Last resort of a forced detach of a map still open (queueing already off):
+        the table replaced by one that fails every I/O at once (its holder gets EIO
+        instead of hanging), and the map's removal deferred until its last close.
+        dmsetup's failure ("Device does not exist", an ioctl refused) is raised:
+        nothing else would tell that the map was not forced."""
         if self.executor is None:
-            raise DeviceBusy(f"map {wwid} is in use and no executor can force it", wwid=wwid)
-        await self.executor.run(["dmsetup", "remove", "--force", "--deferred", wwid],
-                                ok_codes=(0, 1), timeout=self.timeout)
+            raise DeviceBusy(f"map {m.name} is in use and no executor can force it",
+                             wwid=m.wwid, map=m.name)
+        await self.executor.run(["dmsetup", "remove", "--force", "--deferred", m.name],
+                                timeout=self.timeout)
 
     async def status(self) -> str:
         """multipathd's `show status`: raises DaemonUnavailable when it does not answer."""
         return await self.client.command("show status", timeout=self.timeout)
 
-    async def resize(self, wwid: str) -> None:
-        await self._ok(f"resize map {wwid}")
+    async def resize(self, m: DmMap) -> None:
+        await self._ok(f"resize map {m.name}")
 
     async def paths(self) -> dict[str, list[MapPath]]:
         return parse_maps_json(await self.client.command("show maps json",
@@ -195,6 +224,12 @@ class Multipath:
         read only when none of them is held by it."""
         return self.map_holding(wwid, over) or next(
             (name for name in self.fs.listdir(SYS_BLOCK) if self._is_map_of(name, wwid)), None)
+
+    def find(self, wwid: str, over: Iterable[str] = ()) -> DmMap | None:
+        """`wwid`'s map now, with the name to address it by (see map_device)."""
+        dm = self.map_device(wwid, over)
+        m = map_at(self.fs, dm) if dm else None
+        return m if m and m.wwid == wwid else None
 
     def map_holding(self, wwid: str, disks: Iterable[str]) -> str | None:
         """dm-N of `wwid`'s map if it holds one of `disks`, from their holders alone."""

@@ -7,8 +7,10 @@ so the code under test reads the same paths it reads on a real host.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import TypeVar
 
 from hostagent.errors import DaemonUnavailable, DeviceTimeout
 from hostagent.host.fs import HostFS
+from tests.unit.fakes import FakeExecutor
 
 T = TypeVar("T")
 RECORD = (Path(__file__).resolve().parents[1] / "fixtures/guest/iscsiadm_node_record").read_text()
@@ -35,6 +38,18 @@ class FakeKernel:
     fc_luns: dict[tuple[str, int], str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # wwid -> bytes
     flushed: list[str] = field(default_factory=list)
+    # What acted on devices, in order: "flush <dev>" and "multipathd <command>".
+    log: list[str] = field(default_factory=list)
+    # Maps (dm-N) queueing with every path dead (all_paths_dead): a flush of one
+    # blocks, as BLKFLSBUF does, until queueing is turned off (the queued I/O then
+    # fails: EIO) or for at most 5 s (so that code waiting for it on the event loop
+    # fails its test instead of hanging it).
+    stuck: dict[str, threading.Event] = field(default_factory=dict)
+    # multipath.conf's user_friendly_names: a new map is named mpatha, mpathb, ...
+    # (the lowest alias free) instead of by its WWID.
+    user_friendly_names: bool = False
+    # The real kernel serializes its changes; hostagent makes them from worker threads.
+    lock: threading.RLock = field(default_factory=threading.RLock)
     _next_ctlr: int = 0
     # Udev's work the kernel queued, in event order: each is (database entry, whether
     # udev creates it (add) or removes it (remove)). FakeUdev does it while waited on.
@@ -60,6 +75,16 @@ class FakeKernel:
         while self.p(f"/sys/block/dm-{n}").exists():
             n += 1
         return f"dm-{n}"
+
+    def _map_name_for(self, wwid: str) -> str:
+        """The dm name multipathd gives a new map: its WWID, or with
+        user_friendly_names the lowest alias no map has (libmultipath's bindings)."""
+        if not self.user_friendly_names:
+            return wwid
+        n = 0
+        while self.dm_named(f"mpath{sd_name(n)[2:]}") is not None:
+            n += 1
+        return f"mpath{sd_name(n)[2:]}"
 
     def p(self, host_path: str) -> Path:
         return self.root / host_path.lstrip("/")
@@ -232,6 +257,27 @@ class FakeKernel:
                 return dm.name
         return None
 
+    def dm_named(self, name: str) -> str | None:
+        """dm-N of the device-mapper device called `name` (what dmsetup and multipathd
+        look a map up by)."""
+        for dm in self.p("/sys/block").glob("dm-*"):
+            if (dm / "dm/name").read_text() == name:
+                return dm.name
+        return None
+
+    def all_paths_dead(self, wwid: str) -> threading.Event:
+        """`wwid`'s map loses every path with queue_if_no_path on; set the event
+        returned to end a flush still blocked (as queueing turned off does)."""
+        dm = self.dm_of(wwid)
+        assert dm is not None, f"no map {wwid}"
+        self.stuck[dm] = threading.Event()
+        return self.stuck[dm]
+
+    def map_name(self, wwid: str) -> str:
+        dm = self.dm_of(wwid)
+        assert dm is not None, f"no map {wwid}"
+        return self.p(f"/sys/block/{dm}/dm/name").read_text()
+
     def add_path_to_map(self, sd: str) -> None:
         wwid = "3" + (self.p(f"/sys/class/block/{sd}") / "../../wwid").resolve().read_text()[4:]
         dm = self.dm_of(wwid)
@@ -239,6 +285,7 @@ class FakeKernel:
             dm = self._free_dm()
             base = f"/sys/devices/virtual/block/{dm}"
             self.write(f"{base}/dm/uuid", f"mpath-{wwid}")
+            self.write(f"{base}/dm/name", self._map_name_for(wwid))
             self.write(f"{base}/dev", f"253:{dm[3:]}")
             self.write(f"{base}/size", str(self.sizes.get(wwid, 64 << 20) // 512))
             self.p(f"{base}/slaves").mkdir()
@@ -265,6 +312,7 @@ class FakeKernel:
         dm = self.dm_of(wwid)
         if dm is None:
             return False
+        self.stuck.pop(dm, None)  # the name may be given to another map
         for sd in os.listdir(self.p(f"/sys/block/{dm}/slaves")):
             os.unlink(self.p(f"/sys/class/block/{sd}/holders/{dm}"))
         base = Path(os.path.realpath(self.p(f"/sys/block/{dm}")))
@@ -313,6 +361,10 @@ class FakeHostFS(HostFS):
         self.writes: list[tuple[str, str]] = []  # every write, in order, as made
 
     def write(self, host_path: str, value: str) -> None:
+        with self.kernel.lock:
+            self._write(host_path, value)
+
+    def _write(self, host_path: str, value: str) -> None:
         self.writes.append((host_path, value))
         parts = host_path.split("/")
         if host_path.startswith("/sys/class/scsi_host/") and parts[-1] == "scan":
@@ -351,12 +403,19 @@ class FakeHostFS(HostFS):
         (self.path(f"/sys/class/scsi_device/{hctl}/device") / "wwid").write_text("naa." + wwid[1:])
 
     def set_read_only(self, dev_path: str) -> None:
-        assert self.exists(dev_path), f"BLKROSET on missing {dev_path}"
-        self.kernel.write(f"/sys/block/{dev_path.rsplit('/', 1)[-1]}/ro", "1")
+        with self.kernel.lock:
+            assert self.exists(dev_path), f"BLKROSET on missing {dev_path}"
+            self.kernel.write(f"/sys/block/{dev_path.rsplit('/', 1)[-1]}/ro", "1")
 
     def flush_buffers(self, dev_path: str) -> None:
-        assert self.exists(dev_path), f"flush of missing {dev_path}"
-        self.kernel.flushed.append(dev_path)
+        with self.kernel.lock:
+            assert self.exists(dev_path), f"flush of missing {dev_path}"
+            self.kernel.flushed.append(dev_path)
+            self.kernel.log.append(f"flush {dev_path}")
+            gate = self.kernel.stuck.get(dev_path.rsplit("/", 1)[-1])
+        # Blocked outside the lock: the rest of the kernel goes on meanwhile.
+        if gate is not None and gate.wait(5.0):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), dev_path)
 
 
 class FakeUdev:
@@ -384,13 +443,18 @@ class FakeUdev:
         """What `udevadm settle` waits for: every queued event processed, in order."""
         if self.kernel is None:
             return
-        for entry, added in self.kernel.udev_pending:
+        with self.kernel.lock:
+            self._settle(self.kernel)
+
+    @staticmethod
+    def _settle(kernel: FakeKernel) -> None:
+        for entry, added in kernel.udev_pending:
             if added:
                 entry.parent.mkdir(parents=True, exist_ok=True)
                 entry.write_text("")
             else:
                 entry.unlink(missing_ok=True)
-        self.kernel.udev_pending.clear()
+        kernel.udev_pending.clear()
 
 
 class FakeMultipathd:
@@ -412,6 +476,26 @@ class FakeMultipathd:
         if not self.running:
             raise DaemonUnavailable("multipathd is not running or refuses us: [Errno 111] "
                                     "Connection refused", command=cmd)
+        with self.kernel.lock:
+            if "map" in cmd.split()[:2]:
+                self.kernel.log.append(f"multipathd {cmd}")
+            return self._answer(cmd)
+
+    def _find_map(self, param: str, *, by_minor: bool) -> str | None:
+        """The dm-N a map command names, looked up as multipathd does
+        (multipath-tools multipathd/cli_handlers.c): `del map` asks device-mapper for
+        the device of that name (cli_del_map: dm_get_major_minor(param)), so only the
+        map's dm name (its WWID, or its alias under user_friendly_names) works;
+        `disablequeueing`, `restorequeueing` and `resize map` take "dm-N"
+        (find_mp_by_minor) or the alias (find_mp_by_alias). A WWID that is not the
+        map's name is refused: "fail"."""
+        dm = self.kernel.dm_named(param)
+        if dm is None and by_minor and param.startswith("dm-") and \
+                self.kernel.p(f"/sys/block/{param}/dm/uuid").exists():
+            dm = param
+        return dm
+
+    def _answer(self, cmd: str) -> str:
         words = cmd.split()
         if cmd == "show status":
             return "path checkers states:\nup 2\n"
@@ -422,15 +506,20 @@ class FakeMultipathd:
             self.kernel.add_path_to_map(words[2])
             return "ok\n"
         if words[:2] == ["del", "map"]:
-            if words[2] in self.busy:
+            dm = self._find_map(words[2], by_minor=False)
+            if dm is None or words[2] in self.busy:  # busy: by the map's name
                 return "fail\n"
-            return "ok\n" if self.kernel.remove_map(words[2]) else "fail\n"
+            self.kernel.remove_map(self._wwid_of(dm))
+            return "ok\n"
         if words[0] in ("disablequeueing", "restorequeueing", "resize"):
             # multipathd refuses a map it does not have, as it does every other command.
-            if words[1:2] != ["map"] or self.kernel.dm_of(words[2]) is None:
+            if words[1:2] != ["map"] or self._find_map(words[2], by_minor=True) is None:
                 return "fail\n"
             if words[0] == "disablequeueing":
                 self.queueing_disabled.add(words[2])
+                dm = self._find_map(words[2], by_minor=True)
+                if dm in self.kernel.stuck:  # queued I/O fails now, and new I/O at once
+                    self.kernel.stuck[dm].set()
             elif words[0] == "restorequeueing":
                 self.queueing_disabled.discard(words[2])
             return "ok\n"
@@ -447,10 +536,31 @@ class FakeMultipathd:
             dm = f"{block}/{name}"
             with open(f"{dm}/dm/uuid") as f:
                 uuid = f.read().removeprefix("mpath-")
+            with open(f"{dm}/dm/name") as f:
+                alias = f.read()
             paths = [{"dev": sd, "dm_st": self.path_states.get(sd, ("active", "ready"))[0],
                       "chk_st": self.path_states.get(sd, ("active", "ready"))[1]}
                      for sd in sorted(os.listdir(f"{dm}/slaves"))]
-            maps.append({"name": uuid, "uuid": uuid, "sysfs": name,
+            maps.append({"name": alias, "uuid": uuid, "sysfs": name,
                          "features": self.features,
                          "path_groups": [{"paths": [p]} for p in paths]})
         return json.dumps({"major_version": 0, "minor_version": 1, "maps": maps})
+
+    def _wwid_of(self, dm: str) -> str:
+        return self.kernel.p(f"/sys/block/{dm}/dm/uuid").read_text().removeprefix("mpath-")
+
+
+def expect_dmsetup_remove(executor: FakeExecutor, kernel: FakeKernel, name: str) -> None:
+    """`dmsetup remove --force --deferred <name>` as dmsetup answers it: a map of that
+    name gets a table that fails all I/O (FakeKernel.error_table); with none, exit 1
+    and "Device does not exist." (libdevmapper's message for an unknown name). Decided
+    when scripted, as FakeExecutor's replies are."""
+    dm = kernel.dm_named(name)
+    argv = ["dmsetup", "remove", "--force", "--deferred", name]
+    if dm is None:
+        executor.expect(argv, returncode=1,
+                        stderr=f"device-mapper: remove ioctl on {name}  failed: No such device "
+                               "or address\nDevice does not exist.\nCommand failed.")
+        return
+    wwid = kernel.p(f"/sys/block/{dm}/dm/uuid").read_text().removeprefix("mpath-")
+    executor.expect(argv, side_effect=lambda: kernel.error_table(wwid))
