@@ -350,7 +350,13 @@ class Iscsiadm:
 
 
 def _unreachable(returncode: int) -> bool:
-    """The portal refused or dropped the connection, or did not answer in time."""
+    """The portal refused or dropped the connection, or did not answer in time.
+
+    As open-iscsi sets them (usr/initiator.c): 4 TRANS, the connection failed; 8
+    TRANS_TIMEOUT, no connection within the login timer (a refused or unroutable
+    connect is retried until then, so it ends as 8 too); 11 PDU_TIMEOUT, connected
+    but no login response. In a login these may be about the target's own node (a
+    login redirect), not the portal: connectors/backoff.py rests accordingly."""
     return returncode in (IscsiErr.TRANS, IscsiErr.TRANS_TIMEOUT, IscsiErr.PDU_TIMEOUT)
 
 
