@@ -32,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -49,12 +51,15 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hostagent.agent.state import Store
 from hostagent.api import openapi
 from hostagent.cli.client import ClientError
+from hostagent.exitcodes import ExitCode
 from tests.api.test_fuzz import LOOSER_THAN_THE_SERVER, StCase, documented, error_shape
-from tests.kernel.test_daemon import RUN_DIR, Daemon, record
+from tests.kernel import rawtools as raw
+from tests.kernel.test_daemon import RUN_DIR, Daemon, cli_attach, record
 from tests.kernel.testbed import leaks, probe
+from tests.kernel.testbed.faults import Faults
 from tests.kernel.testbed.guest import Guest
 from tests.kernel.testbed.lio import IscsiArray
-from tests.kernel.testbed.sh import run
+from tests.kernel.testbed.sh import run, wait_until
 
 MAX_EXAMPLES = 10  # fuzzing-phase examples per operation of the document (a TCG guest is slow)
 PREFLIGHT_EXAMPLES = 6  # each runs the node's checks: real commands
@@ -349,3 +354,61 @@ def test_attaches_that_reach_the_host_answer_what_the_document_says(
         call_and_check(case, agent, counts)
 
     run()
+
+
+# A consumer with dirty pages on a map: buffered writes, not synced, the fd kept open.
+DIRTY = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.pwrite(fd, os.urandom(4 << 20), 0)
+print("dirty", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_flush_that_cannot_finish_leaves_the_api_answering(
+        agent: Agent, array: IscsiArray, faults: Faults, tmp_path: Path) -> None:
+    """Every path blocked under a queueing map with dirty pages: BLKFLSBUF cannot finish.
+    It runs off the event loop: the API answers meanwhile, and the plain detach is
+    refused by its deadline ([timeouts] device, 10 s here) with nothing torn down."""
+    daemon = agent.daemon
+    export = array.export_datera()
+    att = cli_attach(daemon, tmp_path, export, "stuck-flush")
+    assert "queue_if_no_path" in run(["dmsetup", "table", export.wwid]).stdout
+    writer = subprocess.Popen([sys.executable, "-c", DIRTY, att["device"]["stable_path"]],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "dirty"
+        for portal in array.portals:
+            faults.block_portal(portal)
+        refused: list[ClientError] = []
+
+        def detach() -> None:
+            try:
+                daemon.api("DELETE", "/v1/attachments/stuck-flush")
+            except ClientError as err:
+                refused.append(err)
+
+        worker = threading.Thread(target=detach)
+        worker.start()
+        answered = []
+        while worker.is_alive():
+            start = time.monotonic()
+            daemon.api("GET", "/v1/attachments")
+            answered.append(time.monotonic() - start)
+            time.sleep(0.5)
+        worker.join()
+        assert [e.code for e in refused] == ["device_busy"], refused
+        assert "flushing" in refused[0].message and "10 s" in refused[0].message, refused
+        assert len(answered) >= 10 and max(answered) < 5, answered
+        after = daemon.api("GET", "/v1/attachments/stuck-flush")
+        assert after["status"] == "attached", after
+        assert export.wwid in probe.maps()  # nothing was torn down
+    finally:
+        faults.restore()
+        writer.kill()
+        writer.wait(60)
+    # The paths back, the stuck flush ends and lets go of the map: the detach goes through.
+    wait_until(lambda: daemon.cli("detach", "stuck-flush").returncode == ExitCode.OK or None,
+               timeout=120, interval=5, what="the detach once the paths are back")
+    assert not raw.disks_with_wwid(export.wwid) and export.wwid not in probe.maps()

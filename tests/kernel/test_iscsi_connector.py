@@ -159,15 +159,22 @@ def test_a_blocked_portal_gives_a_one_path_device_in_bounded_time(
     # Bounded by the login timeout (5 s x 2 attempts) plus the healthy path's own work.
     assert elapsed < 40, f"attach with a dead portal took {elapsed:.1f} s"
     check_data(device.path)
-    # The dead portal rests: the next volume's attach does not log in to it again.
+    # The target rests at the dead portal: attached again, it does not log in there.
+    asyncio.run(host.detach(export, device))
+    processes = host.executor.calls
+    again = timed("attach_portal_resting", host, host.attach(export))
+    assert host.executor.calls - processes == 2  # a node record and a login, both on portal 0
+    raw.assert_map(again, export.wwid, 1)
+    assert len(again.missing) == 1 and "portal_resting" in again.missing[0], again.missing
+    # Another target there is still tried: a login's failure is its target's evidence.
     second = array.export_datera()
     processes = host.executor.calls
-    other = timed("attach_portal_resting", host, host.attach(second))
-    assert host.executor.calls - processes == 2  # a node record and a login, both on portal 0
+    other = timed("attach_other_target_tried", host, host.attach(second))
+    assert host.executor.calls - processes == 4  # a record and a login on each portal
     raw.assert_map(other, second.wwid, 1)
-    assert len(other.missing) == 1 and "portal_resting" in other.missing[0], other.missing
+    assert len(other.missing) == 1 and "portal_unreachable" in other.missing[0], other.missing
     asyncio.run(host.detach(second, other))
-    asyncio.run(host.detach(export, device))
+    asyncio.run(host.detach(export, again))
     assert_nothing_of(export)
     assert_nothing_of(second)
 

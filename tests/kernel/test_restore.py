@@ -11,6 +11,7 @@ the CHAP settings), /etc/multipath, the state directory, and the array.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,14 +23,23 @@ from typing import Any
 
 import pytest
 
+from hostagent.agent.restore import Restorer
+from hostagent.agent.service import AttachRequest, Service
+from hostagent.agent.state import Store
+from hostagent.connection_info import ISCSI, parse
+from hostagent.errors import OperationInProgress
 from hostagent.exitcodes import ExitCode
+from hostagent.models import RESTORING, Attachment, Status
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import MIB
 from tests.kernel.test_daemon import RUN_DIR, Daemon, cli_attach
+from tests.kernel.test_health import Writer
+from tests.kernel.test_iscsi_connector import native_host
 from tests.kernel.testbed import probe
+from tests.kernel.testbed.faults import Faults
 from tests.kernel.testbed.fcoe import FcArray
 from tests.kernel.testbed.guest import Guest, restart_iscsid, restart_multipathd
-from tests.kernel.testbed.lio import Chap, IscsiArray
+from tests.kernel.testbed.lio import Chap, Export, IscsiArray
 from tests.kernel.testbed.sh import run
 
 
@@ -69,6 +79,14 @@ def power_cut(daemon: Daemon, wwids: list[str], iqns: set[str]) -> None:
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(60)
     daemon.proc = None
+    host_reboots(wwids, iqns)
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    RUN_DIR.mkdir()
+
+
+def host_reboots(wwids: list[str], iqns: set[str]) -> None:
+    """The host's side of a reboot: every map, disk and session gone, iscsid and
+    multipathd started anew. Records, the wwids file and the array stay."""
     for wwid in wwids:
         if wwid in probe.maps():
             raw.remove_map(wwid)
@@ -78,8 +96,6 @@ def power_cut(daemon: Daemon, wwids: list[str], iqns: set[str]) -> None:
             ok=(0, 21))
     restart_iscsid()
     restart_multipathd()
-    shutil.rmtree(RUN_DIR, ignore_errors=True)
-    RUN_DIR.mkdir()
 
 
 def boot(daemon: Daemon) -> tuple[float, list[dict[str, Any]]]:
@@ -143,3 +159,73 @@ def test_volumes_come_back_after_a_reboot(array: IscsiArray, fc_array: FcArray,
         result = daemon.cli("detach", name)
         assert result.returncode == ExitCode.OK, result.stderr
     array.unexport(imposter)
+
+
+def request(att_id: str, info: dict[str, Any]) -> AttachRequest:
+    return AttachRequest(att_id, info, parse(info), None, True, 300)
+
+
+def service_attach(service: Service, att_id: str, info: dict[str, Any]) -> Attachment:
+    att, _ = asyncio.run(service.attach(request(att_id, info)))
+    return att
+
+
+def only(export: Export, portals: list[str]) -> dict[str, Any]:
+    """The export's connection_info limited to `portals`."""
+    data = {**export.connection_info["data"], "target_portal": portals[0],
+            "target_portals": portals, "target_iqns": [export.iqn] * len(portals),
+            "target_luns": [export.lun] * len(portals)}
+    return {**export.connection_info, "data": data}
+
+
+def kernel_names(att: Attachment) -> set[str]:
+    """Every kernel name an answer about `att` carries: dm-N, sdX, H:C:T:L."""
+    assert att.device is not None
+    return {n.removeprefix("/dev/") for n in (
+        att.device.path, *(p.device for p in att.device.paths),
+        *(p.hctl for p in att.device.paths)) if n}
+
+
+@pytest.mark.parametrize("array", [3], indirect=True)
+def test_a_volume_still_restoring_never_answers_or_flushes_the_names_another_took(
+        array: IscsiArray, faults: Faults, tmp_path: Path) -> None:
+    """A on the third portal, B on the other two; after the reboot A's portal is still
+    down, B comes back first and the kernel gives it A's dm-N, sdX and H:C:T:L. A's
+    retried attach, its answer and its detach must name and touch nothing of B's."""
+    a, b = array.export_datera(), array.export_datera()
+    infos = {"a": only(a, array.portals[2:]), "b": only(b, array.portals[:2])}
+    state = tmp_path / "state"
+    before = Service(Store(state), {ISCSI: native_host().connector})
+    old = {name: service_attach(before, name, info) for name, info in infos.items()}
+    host_reboots([a.wwid, b.wwid], {a.iqn, b.iqn})
+    faults.block_portal(array.portals[2])
+    service = Service(Store(state), {ISCSI: native_host().connector})
+
+    async def after_boot() -> tuple[Attachment, Attachment, list[str]]:
+        counts = await service.reconcile()
+        assert counts["restoring"] == 2, counts
+        restoring = asyncio.ensure_future(Restorer(service).run())
+        while service.get("b").phase == RESTORING:
+            await asyncio.sleep(0.5)
+        b_now = service.get("b")
+        assert b_now.phase is None and b_now.device is not None, b_now
+        with Writer(b_now.device.stable_path or "") as io:
+            with pytest.raises(OperationInProgress):  # the controller posts A again
+                await service.attach(request("a", infos["a"]))
+            a_now = service.get("a")
+            gone = await service.detach("a")  # waits for the try under way
+            await asyncio.sleep(3)
+        await asyncio.wait_for(restoring, 120)
+        assert io.rounds > 0
+        assert gone.status == Status.DETACHED, gone
+        return a_now, b_now, io.errors
+
+    a_now, b_now, errors = asyncio.run(after_boot())
+    # The kernel did hand B what had been A's (else this test proves nothing).
+    assert kernel_names(old["a"]) <= kernel_names(b_now), (old["a"].device, b_now.device)
+    assert a_now.phase == RESTORING and a_now.device is not None
+    assert a_now.device.path is None and not kernel_names(a_now) & kernel_names(b_now)
+    assert errors == []
+    raw.assert_map(b_now.device, b.wwid, 2)  # type: ignore[arg-type]
+    assert not [r for r in probe.node_records() if a.iqn in r]
+    asyncio.run(service.detach("b"))

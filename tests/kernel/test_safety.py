@@ -8,6 +8,7 @@ kernel is what matters here); the plugin's leak check runs after the test.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -107,4 +108,53 @@ def test_two_attachments_of_one_volume_an_open_map_and_a_forced_detach(
     wait_until(lambda: not Path(f"/sys/block/{dm}").exists() or None, timeout=30,
                what=f"{dm} to go with its last close")
     assert export.wwid not in probe.maps()
+    assert_nothing_of(export)
+
+
+class FullDisk(Store):
+    """A store that can no longer record an attach's success (a full disk)."""
+
+    def update(self, attachment_id: str, **changes: Any) -> Attachment:
+        if changes.get("status") == Status.ATTACHED:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().update(attachment_id, **changes)
+
+
+def test_an_undone_attach_whose_map_was_opened_meanwhile_leaves_it_and_says_so(
+        array: IscsiArray, tmp_path: Path) -> None:
+    """The attach cannot be recorded, and a consumer (LVM, udev, a mount) opened the new
+    map first: the undo is no forced detach, so the map stays, queueing, readable."""
+    export = array.export_datera()
+    holders: list[subprocess.Popen[str]] = []
+
+    def open_the_map(phase: str) -> None:
+        if phase == "recording":
+            holders.append(subprocess.Popen(
+                [sys.executable, "-c", HOLDER, f"/dev/disk/by-id/dm-uuid-mpath-{export.wwid}"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            assert holders[0].stdout is not None
+            assert holders[0].stdout.readline().strip() == "open"
+
+    service = Service(FullDisk(tmp_path / "state"), {ISCSI: native_host().connector},
+                      on_phase=open_the_map)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            attach(service, "a", export.connection_info)
+        holder = holders[0]
+        att = service.get("a")
+        assert att.status == Status.FAILED and att.last_error is not None, att
+        left = " ".join(att.last_error["details"]["left_on_host"])
+        assert f"held by processes {holder.pid}" in left, att.last_error
+        assert "queue_if_no_path" in features(export.wwid)
+        raw.wait_map(export.wwid, 2)
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write("read\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "read ok"
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait(30)
+    # Closed: ending the failed attachment takes everything of it away.
+    assert asyncio.run(service.detach("a")).status == Status.DETACHED
     assert_nothing_of(export)
