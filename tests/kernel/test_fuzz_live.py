@@ -51,7 +51,6 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hostagent.agent.state import Store
 from hostagent.api import openapi
 from hostagent.cli.client import ClientError
-from hostagent.exitcodes import ExitCode
 from tests.api.test_fuzz import LOOSER_THAN_THE_SERVER, StCase, documented, error_shape
 from tests.kernel import rawtools as raw
 from tests.kernel.test_daemon import RUN_DIR, Daemon, cli_attach, record
@@ -409,6 +408,11 @@ def test_a_flush_that_cannot_finish_leaves_the_api_answering(
         writer.kill()
         writer.wait(60)
     # The paths back, the stuck flush ends and lets go of the map: the detach goes through.
-    wait_until(lambda: daemon.cli("detach", "stuck-flush").returncode == ExitCode.OK or None,
-               timeout=120, interval=5, what="the detach once the paths are back")
+    def detached() -> bool | None:
+        try:
+            return daemon.api("DELETE", "/v1/attachments/stuck-flush")["status"] == "detached"
+        except ClientError as err:
+            assert err.code == "device_busy", err.to_dict()
+            return None
+    wait_until(detached, timeout=120, interval=5, what="the detach once the paths are back")
     assert not raw.disks_with_wwid(export.wwid) and export.wwid not in probe.maps()
