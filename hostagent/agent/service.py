@@ -390,26 +390,37 @@ class Service:
                 elif att.status == Status.DETACHING:
                     await self.detach(att.id, force=att.force)
                     counts["detached"] += 1
-                elif att.status == Status.ATTACHED and att.device is not None and \
-                        not self.engine_for(att.protocol).present(att.device):
-                    err = DeviceVanished(f"{att.device.path} ({att.device.wwn}) is gone",
-                                         device=att.device.path, wwn=att.device.wwn)
-                    # Its names go with it: from now on they are the kernel's to reuse.
-                    gone = att.device.without_kernel_names()
-                    if self.restore:  # made again once the API serves (agent/restore.py)
-                        self.store.update(att.id, phase=RESTORING, device=gone,
-                                          last_error=err.to_dict())
-                        counts["restoring"] += 1
-                    else:
-                        self.store.update(att.id, status=Status.FAILED, device=gone,
-                                          last_error=err.to_dict())
-                        counts["vanished"] += 1
-                    log.warning("reconcile %s: %s", att.id, err.message)
+                elif att.status == Status.ATTACHED and att.device is not None:
+                    self._verify(att, att.device, counts)
             except Exception as exc:  # one attachment's trouble must not stop the rest
                 self._reconcile_failed(att, exc)
                 counts["failed"] += 1
         log.info("reconciled: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
         return counts
+
+    def _verify(self, att: Attachment, device: Device, counts: dict[str, int]) -> None:
+        """An attached volume's device read again: its names as they are now (answers
+        carry no name unverified since the agent started), or gone."""
+        now = self.engine_for(att.protocol).current(device)
+        if now is not None:
+            if now != device:
+                log.warning("reconcile %s: its device is %s now (recorded %s, %d of %d "
+                            "paths)", att.id, now.path, device.path, len(now.paths),
+                            len(device.paths))
+                self.store.update(att.id, device=now)
+            return
+        err = DeviceVanished(f"{device.path or 'the device'} ({device.wwn}) is gone",
+                             device=device.path, wwn=device.wwn)
+        # Its names go with it: from now on they are the kernel's to reuse.
+        gone = device.without_kernel_names()
+        if self.restore:  # made again once the API serves (agent/restore.py)
+            self.store.update(att.id, phase=RESTORING, device=gone, last_error=err.to_dict())
+            counts["restoring"] += 1
+        else:
+            self.store.update(att.id, status=Status.FAILED, device=gone,
+                              last_error=err.to_dict())
+            counts["vanished"] += 1
+        log.warning("reconcile %s: %s", att.id, err.message)
 
     def _reconcile_failed(self, att: Attachment, exc: Exception) -> None:
         error = _error_dict(exc)

@@ -366,15 +366,19 @@ class BrickConnector:
             raise HostCommandError("os-brick could not tell the new size")
         return int(size)
 
-    def present(self, device: Device) -> bool:
-        if device.path is None:  # gone before: its old name proves nothing
-            return False
+    def current(self, device: Device) -> Device | None:
+        """The device if its recorded node is still the same volume (os-brick's
+        disconnect finds the rest by it), else None: a name the kernel gave another
+        device is never answered."""
+        if device.path is None:  # found gone before: its old name proves nothing
+            return None
         name = os.path.basename(device.path)
         if not self.fs.exists(f"{SYS_BLOCK}/{name}"):
-            return False
+            return None
         if device.multipath:
-            return map_wwid(self.fs, name) == device.wwn
-        return all(scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
+            return device if map_wwid(self.fs, name) == device.wwn else None
+        same = all(scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
+        return device if same else None
 
     @property
     def session_iface(self) -> str | None:

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from hostagent.connectors.base import Progress, refuse_single_path
@@ -389,12 +389,20 @@ class Devices:
         """dm-N of `wwid`'s map, looked up through the disks of its paths first."""
         return self.multipath.map_device(wwid, [p.info.device for p in paths if p.wwid == wwid])
 
-    def present(self, device: Device) -> bool:
-        """Whether an attached volume's device is still on the host, as the same volume."""
+    def current(self, device: Device) -> Device | None:
+        """An attached volume's device as the host has it now, its names read again, or
+        None when it is gone. Never trusted from the record: a map rebuilt while the
+        agent was down has another dm-N, and a recorded H:C:T:L whose disk reports
+        another WWID (or none) is no path of the volume any more."""
+        if device.path is None:  # found gone before: its recorded names prove nothing
+            return None
+        paths = tuple(replace(p, device=sd) for p in device.paths
+                      if (sd := scsi.disk_of(self.fs, p.hctl))
+                      and scsi.wwid(self.fs, p.hctl) == device.wwn)
         if device.multipath:
-            return self.map_of(device) is not None
-        return any(scsi.disk_of(self.fs, p.hctl) == p.device
-                   and scsi.wwid(self.fs, p.hctl) == device.wwn for p in device.paths)
+            dm = self.map_of(device)
+            return replace(device, path=dev_node(dm), paths=paths) if dm else None
+        return replace(device, path=dev_node(paths[0].device), paths=paths) if paths else None
 
     def map_slaves(self, device: Device) -> list[str]:
         """The sd names the volume's map holds now (paths that came back included)."""

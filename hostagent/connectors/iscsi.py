@@ -335,9 +335,10 @@ class IscsiConnector:
         self.devices.forget_unmapped(paths)
         return left
 
-    def present(self, device: Device) -> bool:
-        """Whether an attached volume's device is still on the host, as the same volume."""
-        return self.devices.present(device)
+    def current(self, device: Device) -> Device | None:
+        """The attached volume's device as the host has it now (names read again), or
+        None when it is gone."""
+        return self.devices.current(device)
 
     # ---- detach ----------------------------------------------------------------
     async def detach(self, spec: VolumeSpec, device: Device, *, force: bool = False,

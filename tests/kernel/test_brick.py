@@ -74,10 +74,10 @@ def test_datera_two_portals_attach_detach(array: IscsiArray, connector: Connecto
     device = attach(connector, export)
     check_map(connector, device, export.wwid)
     assert device.size_bytes == 64 * 1024 * 1024
-    assert connector.present(device)
+    assert connector.current(device) == device
     check_data(device.path)
     detach(connector, export, device)
-    assert not connector.present(device)
+    assert connector.current(device) is None
     assert_nothing_of(export)
 
 

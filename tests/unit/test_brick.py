@@ -112,7 +112,7 @@ def test_attach_describes_the_map_os_brick_made(host: Host) -> None:
     assert all(p.hctl.endswith(":0") for p in device.paths)
     assert device.size_bytes == 64 << 20
     assert device.iscsi_targets == datera().targets
-    assert host.connector.present(device)
+    assert host.connector.current(device) == device
 
 
 def test_os_brick_runs_off_the_event_loop_thread(host: Host) -> None:
@@ -170,7 +170,7 @@ def test_detach_gives_os_brick_its_device_info(host: Host) -> None:
     assert info == {"type": "block", "path": "/dev/dm-0", "scsi_wwn": WWID,
                     "multipath_id": WWID}
     assert (force, ignore) == (False, False)
-    assert not host.connector.present(device)
+    assert host.connector.current(device) is None
 
 
 def test_a_forced_detach_says_data_may_be_lost(host: Host) -> None:

@@ -210,7 +210,7 @@ def test_detach_flushes_removes_the_map_deletes_the_disks_and_forgets(host: Host
                               ("/sys/class/scsi_device/4:0:0:1/device/delete", "1")]
     assert host.scsi_devices() == [] and host.kernel.dm_of(WWID) is None
     assert f"/{WWID}/" not in host.kernel.p("/etc/multipath/wwids").read_text()
-    assert not host.connector.present(device)
+    assert host.connector.current(device) is None
 
 
 def test_detach_also_removes_a_path_that_came_back_after_the_attach(host: Host) -> None:
@@ -235,7 +235,7 @@ def test_detach_leaves_other_luns_on_the_same_ports(host: Host) -> None:
     second = host.attach(k2(2))
     host.detach(k2(1), first)
     assert host.scsi_devices() == ["3:0:0:2", "4:0:0:2"]
-    assert host.connector.present(second)
+    assert host.connector.current(second) == second
 
 
 def test_a_stale_disk_at_the_lun_is_deleted_then_scanned_anew(host: Host) -> None:
@@ -255,7 +255,7 @@ def test_recover_takes_away_what_a_cut_off_attach_made(host: Host) -> None:
     other = host.attach(k2(2))
     asyncio.run(host.connector.recover(k2(1)))
     assert host.scsi_devices() == ["3:0:0:2", "4:0:0:2"]
-    assert host.kernel.dm_of(WWID) is None and host.connector.present(other)
+    assert host.kernel.dm_of(WWID) is None and host.connector.current(other) == other
     assert f"/{WWID}/" not in host.kernel.p("/etc/multipath/wwids").read_text()
 
 

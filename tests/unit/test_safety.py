@@ -195,14 +195,14 @@ def test_reconcile_survives_an_oserror_on_one_attachment(agent: Agent,
     agent.attach("bad", info())
     agent.expect_attach(K2)
     agent.attach("good", info(K2, 1))
-    real = agent.host.connector.present
+    real = agent.host.connector.current
 
-    def present(device: object) -> bool:
-        if getattr(device, "wwn", None) == WWID:
+    def current(device: Device) -> Device | None:
+        if device.wwn == WWID:
             raise OSError(5, "Input/output error", "/sys/block/dm-0/dm/uuid")
-        return real(device)  # type: ignore[arg-type]
+        return real(device)
 
-    monkeypatch.setattr(agent.host.connector, "present", present)
+    monkeypatch.setattr(agent.host.connector, "current", current)
     counts = asyncio.run(agent.service.reconcile())
     assert counts["failed"] == 1
     bad = agent.store.get("bad")

@@ -9,6 +9,7 @@ teardown finds what is there anew. On the fake kernel, which reuses names as Lin
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,25 @@ def test_a_store_that_cannot_record_the_device_does_not_skip_the_undo(agent: Age
     att = service.get("a")
     assert att.status == Status.FAILED and att.last_error is not None
     assert "disk is full" in att.last_error["message"]
+
+
+def test_a_map_rebuilt_while_the_agent_was_down_is_answered_by_its_name_now(agent: Agent
+                                                                           ) -> None:
+    agent.expect_attach()
+    agent.attach("a", info())  # dm-0
+    agent.expect_attach(K2)
+    agent.attach("b", info(K2, 0))  # dm-1
+    kernel = agent.host.kernel
+    # While the agent is down the maps are flushed and built again, b's first.
+    a_disks = sorted(os.listdir(kernel.p(f"/sys/block/{kernel.dm_of(WWID)}/slaves")))
+    b_disks = sorted(os.listdir(kernel.p(f"/sys/block/{kernel.dm_of(B_WWID)}/slaves")))
+    kernel.remove_map(WWID)
+    kernel.remove_map(B_WWID)
+    for sd in (*b_disks, *a_disks):
+        kernel.add_path_to_map(sd)
+    service = restarted(agent)
+    a, b = service.get("a"), service.get("b")
+    assert a.phase is None and b.phase is None  # present: nothing to restore
+    assert a.device is not None and b.device is not None
+    assert (a.device.path, b.device.path) == ("/dev/dm-1", "/dev/dm-0")
+    assert not names(a) & names(b)
