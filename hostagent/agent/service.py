@@ -409,8 +409,8 @@ class Service:
                             len(device.paths))
                 self.store.update(att.id, device=now)
             return
-        err = DeviceVanished(f"{device.path or 'the device'} ({device.wwn}) is gone",
-                             device=device.path, wwn=device.wwn)
+        # Its old dm-N or sdX named in no answer, not even this one: the kernel's now.
+        err = DeviceVanished(f"the volume's device ({device.wwn}) is gone", wwn=device.wwn)
         # Its names go with it: from now on they are the kernel's to reuse.
         gone = device.without_kernel_names()
         if self.restore:  # made again once the API serves (agent/restore.py)

@@ -76,6 +76,7 @@ def test_a_restoring_attachment_answers_no_name_that_another_volume_now_has(agen
     assert a.device is not None and a.device.wwn == WWID
     assert a.device.path is None and a.device.paths == ()
     assert not names(a) & names(b)
+    assert "dm-" not in str(a.last_error) and "sd" not in str(a.last_error)
     # The controller posts the same attach again: no 200 with b's map, nothing run.
     calls = len(agent.host.executor.calls)
     with pytest.raises(OperationInProgress, match="being restored"):
