@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from hostagent.agent.state import Store
 from hostagent.connection_info import FIBRE_CHANNEL, ISCSI, parse
 from hostagent.connectors.base import Connector
+from hostagent.connectors.devices import note_left
 from hostagent.errors import (
     Conflict,
     DeviceBusy,
@@ -279,11 +280,10 @@ class Service:
         except Exception as undo:
             left = [_error_dict(undo)["message"]]
             log.error("%s: undoing it left: %s", att_id, left[0])
+        note_left(exc, left)  # on a HostAgentError its details, else a note
         error = _error_dict(exc)
         if left:
-            error["details"] = {**error["details"], "left_on_host": left}
-            if isinstance(exc, HostAgentError):
-                exc.details["left_on_host"] = left
+            error["details"].setdefault("left_on_host", left)
         with contextlib.suppress(Exception):  # the store may refuse every write now
             self.store.update(att_id, status=Status.FAILED, phase=None, last_error=error)
 

@@ -396,12 +396,14 @@ class Devices:
         another WWID (or none) is no path of the volume any more."""
         if device.path is None:  # found gone before: its recorded names prove nothing
             return None
+        dm = self.map_of(device) if device.multipath else None
+        if device.multipath and dm is None:
+            return None  # gone: no disk of it need be read
         paths = tuple(replace(p, device=sd) for p in device.paths
                       if (sd := scsi.disk_of(self.fs, p.hctl))
                       and scsi.wwid(self.fs, p.hctl) == device.wwn)
-        if device.multipath:
-            dm = self.map_of(device)
-            return replace(device, path=dev_node(dm), paths=paths) if dm else None
+        if dm is not None:
+            return replace(device, path=dev_node(dm), paths=paths)
         return replace(device, path=dev_node(paths[0].device), paths=paths) if paths else None
 
     def map_slaves(self, device: Device) -> list[str]:
