@@ -120,13 +120,16 @@ setup_guest() {
 # runs CMD (a path under the repo) with RESULTS writable; returns CMD's status.
 run_in_guest() {
   local name=$1; shift
-  local rcfile=$RESULTS/$name.rc cmd
+  local rcfile=$RESULTS/$name.rc cmd fast_dirs
   rm -f "$rcfile"
   printf -v cmd '%q ' "$@"
+  fast_dirs="$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)') $VENV $REPO/hostagent $REPO/tests $REPO/scripts"
   log "booting the guest ($KVER, $ACCEL, $GUEST_CPUS cpus, $GUEST_MEM) for: $*"
+  # The root share again under another tag, for scripts/lib/guest-fastfs to mount cached.
   timeout "$GUEST_TIMEOUT" vng --run "$VMLINUZ" "${VNG_ACCEL[@]}" --cpus "$GUEST_CPUS" --memory "$GUEST_MEM" \
     --rwdir="$RESULTS" \
-    --exec "cd $REPO && env PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTAGENT_RESULTS=$RESULTS $cmd; echo \$? > $rcfile" \
+    --exec "cd $REPO && env PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTAGENT_RESULTS=$RESULTS HOSTAGENT_FAST_DIRS='$fast_dirs' $REPO/scripts/lib/guest-fastfs $cmd; echo \$? > $rcfile" \
+    --qemu-opts="-fsdev local,id=hostagentro,path=/,security_model=none,readonly=on,multidevs=remap -device virtio-9p-pci,fsdev=hostagentro,mount_tag=hostagent-ro" \
     </dev/null 2>&1 | tee "$RESULTS/$name-console.log"
   [ -s "$rcfile" ] || { echo "error: the guest ended without a status (see $RESULTS/$name-console.log)" >&2; return 99; }
   return "$(cat "$rcfile")"
