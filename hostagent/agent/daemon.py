@@ -34,7 +34,7 @@ from hostagent.connectors.base import Connector
 from hostagent.connectors.brick import BrickOptions, brick_connectors
 from hostagent.connectors.fc import FcConnector, FcOptions
 from hostagent.connectors.iscsi import IscsiConnector, IscsiOptions
-from hostagent.connectors.locks import TargetLocks
+from hostagent.connectors.locks import TargetLocks, preload
 from hostagent.errors import HostAgentError
 from hostagent.exitcodes import ExitCode
 from hostagent.health import HealthMonitor, HealthOptions
@@ -167,6 +167,7 @@ async def serve(cfg: Config) -> None:
     policy = RestorePolicy(timeout=cfg.restore_timeout, interval=cfg.restore_retry_interval,
                            max_interval=cfg.restore_retry_max_interval)
     restoring = asyncio.ensure_future(Restorer(agent.service, policy=policy).run())
+    warming = asyncio.ensure_future(asyncio.to_thread(preload))
     if agent.health is not None:  # after reconcile: only settled attachments are checked
         agent.health.start()
     stop = asyncio.Event()
@@ -176,7 +177,7 @@ async def serve(cfg: Config) -> None:
     await stop.wait()
     log.info("stopping: waiting for running operations")
     restoring.cancel()  # an unfinished restore is started again at the next start
-    await asyncio.gather(restoring, return_exceptions=True)
+    await asyncio.gather(restoring, warming, return_exceptions=True)
     if agent.health is not None:
         await agent.health.stop()
     await runner.cleanup()

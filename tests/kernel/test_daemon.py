@@ -10,7 +10,6 @@ import random
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from hostagent.agent.crashhook import CRASH_FILE_ENV
 from hostagent.cli.client import Client, ClientError
 from hostagent.exitcodes import ExitCode
+from tests.kernel import pystarts
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import check_data
 from tests.kernel.test_iscsi_connector import assert_nothing_of
@@ -62,17 +62,18 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        started = time.monotonic()
         with self.log.open("ab") as log:
             log.write(f"\n==== start at {time.strftime('%H:%M:%S')}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from hostagent.agent.daemon import main; "
-                 "sys.exit(main())", "serve", "--config", str(self.config)],
+                [*pystarts.AGENT, "serve", "--config", str(self.config)],
                 stdout=log, stderr=log, env={**os.environ, CRASH_FILE_ENV: str(self.crash_file)})
-        try:  # Python starts slowly in an emulated guest that shares files over 9p
+        try:  # Python starts slowly in an emulated guest
             wait_until(self._answers, timeout=240, what="the agent's socket")
         except BaseException:
             self.stop()
             raise
+        pystarts.record("agent", time.monotonic() - started)
 
     def _answers(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, "the agent died at start"
@@ -109,10 +110,7 @@ class Daemon:
         return Client(self.socket, timeout=600).request(method, path, body=body)[1]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c",
-             "import sys; from hostagent.cli.main import main; sys.exit(main())",
-             "--socket", self.socket, *args], capture_output=True, text=True, timeout=600)
+        return pystarts.cli("--socket", self.socket, *args)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from hostagent.models import Device
 from hostagent.node.mpathconf import effective, load_stanzas, mapped_timeouts, parse
 from hostagent.node.preflight import Check, Status
 from hostagent.node.udevrule import OVERRIDE
+from tests.kernel import pystarts
 from tests.kernel import rawtools as raw
 from tests.kernel.engine import check_data
 from tests.kernel.test_fc_connector import native_host as fc_native_host
@@ -48,9 +48,7 @@ SILK_DEV_LOSS_TMO = 3  # what Silk publishes for K2 (kaminario.conf says why not
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "import sys; from hostagent.cli.main import main; sys.exit(main())",
-         *args], capture_output=True, text=True, timeout=300, check=False)
+    return pystarts.cli(*args, timeout=300)
 
 
 def report(name: str, text: str) -> None:
