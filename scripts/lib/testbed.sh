@@ -106,6 +106,32 @@ setup_testbed() {
   export PATH=$VENV/bin:$PATH    # vng calls virtme-run through PATH
 }
 
+# The interpreter's standard library and the venv as a read-only ext4 image, attached
+# to the guest as a disk (scripts/lib/guest-fastfs mounts it over both): read as
+# blocks, not file by file over 9p, an agent start in the guest takes 5.5 s instead
+# of 10 (scripts/startup). Built again when the venv or the interpreter changes.
+ensure_python_image() {
+  local want stage size
+  PY_PREFIX=$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)')
+  PY_LIB=$("$VENV/bin/python" -c 'import sys; print(f"lib/python{sys.version_info[0]}.{sys.version_info[1]}")')
+  PY_IMAGE=$CACHE/guest-python.ext4
+  want="$(cat "$VENV/.stamp") $PY_PREFIX $(stat -c %Y "$PY_PREFIX/$PY_LIB/os.py")"
+  [ -s "$PY_IMAGE" ] && [ "$(cat "$PY_IMAGE.stamp" 2>/dev/null)" = "$want" ] && return 0
+  log "building the guest's Python image (standard library and venv) in $PY_IMAGE"
+  stage=$CACHE/guest-python.stage
+  rm -rf "$stage" "$PY_IMAGE" && mkdir -p "$stage"
+  # Hard links where the cache shares a file system with them; copies otherwise.
+  cp -al "$PY_PREFIX" "$stage/prefix" 2>/dev/null || cp -a "$PY_PREFIX" "$stage/prefix" || die "copying $PY_PREFIX failed"
+  cp -al "$VENV" "$stage/venv" 2>/dev/null || cp -a "$VENV" "$stage/venv" || die "copying $VENV failed"
+  # Never imported in the guest: the interpreter's own tests, its site-packages (the
+  # venv has its own), IDLE and the static library.
+  rm -rf "$stage/prefix/$PY_LIB"/{test,site-packages,idlelib} "$stage/prefix/$PY_LIB"/config-* "$stage"/prefix/lib/libpython*.a
+  size=$(( $(du -sm "$stage" | cut -f1) * 5 / 4 + 64 ))
+  mkfs.ext4 -q -F -L hostagent-py -d "$stage" "$PY_IMAGE" "${size}M" || die "mkfs.ext4 -d failed"
+  rm -rf "$stage"
+  echo "$want" > "$PY_IMAGE.stamp"
+}
+
 setup_guest() {
   ensure_kernel
   pick_accel
@@ -114,22 +140,24 @@ setup_guest() {
   # every module from source under emulation.
   "$VENV/bin/python" -m compileall -q "$REPO/hostagent" "$REPO/tests" "$REPO/scripts/lib" >/dev/null \
     || die "python -m compileall failed"
+  ensure_python_image
 }
 
 # run_in_guest NAME CMD...: boot ONE guest that shares this root file system and
 # runs CMD (a path under the repo) with RESULTS writable; returns CMD's status.
 run_in_guest() {
   local name=$1; shift
-  local rcfile=$RESULTS/$name.rc cmd fast_dirs
+  local rcfile=$RESULTS/$name.rc cmd fast
   rm -f "$rcfile"
   printf -v cmd '%q ' "$@"
-  fast_dirs="$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)') $VENV $REPO/hostagent $REPO/tests $REPO/scripts"
+  fast="HOSTAGENT_FAST_DIRS='$REPO/hostagent $REPO/tests $REPO/scripts' HOSTAGENT_PY_DIRS='prefix=$PY_PREFIX venv=$VENV'"
   log "booting the guest ($KVER, $ACCEL, $GUEST_CPUS cpus, $GUEST_MEM) for: $*"
-  # The root share again under another tag, for scripts/lib/guest-fastfs to mount cached.
+  # For scripts/lib/guest-fastfs: the root share again under another tag (mounted
+  # cached), and the Python image as a read-only disk with a serial to find it by.
   timeout "$GUEST_TIMEOUT" vng --run "$VMLINUZ" "${VNG_ACCEL[@]}" --cpus "$GUEST_CPUS" --memory "$GUEST_MEM" \
     --rwdir="$RESULTS" \
-    --exec "cd $REPO && env PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTAGENT_RESULTS=$RESULTS HOSTAGENT_FAST_DIRS='$fast_dirs' $REPO/scripts/lib/guest-fastfs $cmd; echo \$? > $rcfile" \
-    --qemu-opts="-fsdev local,id=hostagentro,path=/,security_model=none,readonly=on,multidevs=remap -device virtio-9p-pci,fsdev=hostagentro,mount_tag=hostagent-ro" \
+    --exec "cd $REPO && env PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTAGENT_RESULTS=$RESULTS $fast $REPO/scripts/lib/guest-fastfs $cmd; echo \$? > $rcfile" \
+    --qemu-opts="-fsdev local,id=hostagentro,path=/,security_model=none,readonly=on,multidevs=remap -device virtio-9p-pci,fsdev=hostagentro,mount_tag=hostagent-ro -drive file=$PY_IMAGE,if=none,id=hostagentpy,format=raw,readonly=on -device virtio-blk-pci,drive=hostagentpy,serial=hostagent-py" \
     </dev/null 2>&1 | tee "$RESULTS/$name-console.log"
   [ -s "$rcfile" ] || { echo "error: the guest ended without a status (see $RESULTS/$name-console.log)" >&2; return 99; }
   return "$(cat "$rcfile")"
