@@ -127,7 +127,7 @@ ensure_python_image() {
   # venv has its own), IDLE and the static library.
   rm -rf "$stage/prefix/$PY_LIB"/{test,site-packages,idlelib} "$stage/prefix/$PY_LIB"/config-* "$stage"/prefix/lib/libpython*.a
   size=$(( $(du -sm "$stage" | cut -f1) * 5 / 4 + 64 ))
-  mkfs.ext4 -q -F -L hostagent-py -d "$stage" "$PY_IMAGE" "${size}M" || die "mkfs.ext4 -d failed"
+  mkfs.ext4 -q -F -L hostagent-py -d "$stage" "$PY_IMAGE" "${size}M" >/dev/null || die "mkfs.ext4 -d failed"
   rm -rf "$stage"
   echo "$want" > "$PY_IMAGE.stamp"
 }

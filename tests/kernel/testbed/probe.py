@@ -20,7 +20,7 @@ from .sh import run
 ISCSI_SESSIONS = Path("/sys/class/iscsi_session")
 ISCSI_CONNECTIONS = Path("/sys/class/iscsi_connection")
 MULTIPATHD_SOCKET = "\0/org/kernel/linux/storage/multipathd"  # abstract, as the client uses
-_SIZE = struct.Struct("=N")  # multipathd frames each message with its size_t length
+_SIZE = struct.Struct("N")  # multipathd frames each message with its size_t length
 
 
 def _attr(path: Path) -> str:
