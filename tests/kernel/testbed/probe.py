@@ -90,7 +90,8 @@ class MpMap:
 
 
 def multipathd(command: str, timeout: float = 60.0) -> str:
-    """One command over multipathd's socket, as `multipathd COMMAND` sends it."""
+    """One command over multipathd's socket, as the `multipathd` client sends its
+    arguments: joined by spaces, each one that holds a space in double quotes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(MULTIPATHD_SOCKET)
@@ -112,9 +113,9 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 def maps() -> dict[str, MpMap]:
     """Multipath maps by WWID, with their paths, as multipathd sees them now."""
-    out = multipathd("show maps raw format %w %d %s")
+    out = multipathd('show maps raw format "%w %d %s"')
     paths: dict[str, list[MpPath]] = {}
-    pout = multipathd("show paths raw format %w %d %t %T")
+    pout = multipathd('show paths raw format "%w %d %t %T"')
     for line in pout.splitlines():
         fields = line.split()
         if len(fields) == 4:
