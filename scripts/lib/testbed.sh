@@ -108,7 +108,7 @@ setup_testbed() {
 
 # The interpreter's standard library and the venv as a read-only ext4 image, attached
 # to the guest as a disk (scripts/lib/guest-fastfs mounts it over both): read as
-# blocks, not file by file over 9p, an agent start in the guest takes 5.5 s instead
+# blocks, not file by file over 9p, an agent start in the guest takes 5.0 s instead
 # of 10 (scripts/startup). Built again when the venv or the interpreter changes.
 ensure_python_image() {
   local want stage size
