@@ -112,8 +112,8 @@ setup_testbed() {
 # of 10 (scripts/startup). Built again when the venv or the interpreter changes.
 ensure_python_image() {
   local want stage size
-  PY_PREFIX=$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)')
-  PY_LIB=$("$VENV/bin/python" -c 'import sys; print(f"lib/python{sys.version_info[0]}.{sys.version_info[1]}")')
+  read -r PY_PREFIX PY_LIB < <("$VENV/bin/python" -c \
+    'import sys; print(sys.base_prefix, "lib/python%d.%d" % sys.version_info[:2])')
   PY_IMAGE=$CACHE/guest-python.ext4
   want="$(cat "$VENV/.stamp") $PY_PREFIX $(stat -c %Y "$PY_PREFIX/$PY_LIB/os.py")"
   [ -s "$PY_IMAGE" ] && [ "$(cat "$PY_IMAGE.stamp" 2>/dev/null)" = "$want" ] && return 0
